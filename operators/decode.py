@@ -47,6 +47,8 @@ class Decoded:
     rec: Any
     digest: bytes
     invalid: str | None = None
+    #: the sequencing key, set once the record is ordered (normalise re-keys by item code)
+    stream: str = ""
 
 
 def digest(value: bytes) -> bytes:

@@ -1,0 +1,233 @@
+"""Available to promise per (sku, warehouse), and its projection onto channels.
+
+Two units, composed per sku (both need the same key, so one engine step runs
+them; each is tested alone):
+
+- `Cell` + `apply_movement`: the contract's table of effects, kept unclamped so
+  that delta movements commute; `atp` is the only clamped value. The fold has
+  the shape `initialize / agg / result` and needs no framework to test.
+- `Projector`: per channel key, the available quantity per `channels.yaml`,
+  emitted only when it changes (and once when first computed), with a version
+  that increases strictly per key and the working that produced the number.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any, NamedTuple
+
+from operators.normalise import Movement
+from operators.records import DeadLetter, Reason, dead_letter
+from operators.reference import Channel, Channels
+
+__all__ = [
+    "Applied",
+    "Cell",
+    "ChannelKey",
+    "Projector",
+    "SkuState",
+    "apply_movement",
+    "channel_available",
+]
+
+_ON_HAND_PLUS = frozenset({"RECEIPT", "RETURN", "TRANSFER_IN", "ADJUST"})
+_ON_HAND_MINUS = frozenset({"SHIP", "TRANSFER_OUT"})
+#: WMS kinds that change on_hand: a late one below an applied count is superseded.
+ON_HAND_KINDS = _ON_HAND_PLUS | _ON_HAND_MINUS | {"CYCLE_COUNT"}
+
+
+@dataclass(slots=True)
+class Cell:
+    """One (sku, warehouse): unclamped sums in base units."""
+
+    on_hand: int = 0
+    on_hold: int = 0
+    reserved: int = 0
+    incoming: int = 0
+    erp_book: int | None = None
+    #: newest event_time applied to this cell
+    as_of: int = 0
+    #: highest applied WMS CYCLE_COUNT number / ERP STOCK_SNAPSHOT number
+    count_seq: int = 0
+    snapshot_seq: int = 0
+
+    @property
+    def atp(self) -> int:
+        return max(0, self.on_hand - self.on_hold - self.reserved)
+
+    @property
+    def drift(self) -> int | None:
+        return None if self.erp_book is None else self.erp_book - self.on_hand
+
+
+def apply_movement(cell: Cell, m: Movement) -> str | None:
+    """Apply `m` to `cell`; returns a LATE_SUPERSEDED detail instead if newer info applied."""
+    kind, qty = m.kind, m.qty
+    if m.source == "wms":
+        if kind in ON_HAND_KINDS and m.seq < cell.count_seq:
+            return f"{kind} #{m.seq} is older than the CYCLE_COUNT #{cell.count_seq} already applied"
+        if kind in _ON_HAND_PLUS:
+            cell.on_hand += qty
+        elif kind in _ON_HAND_MINUS:
+            cell.on_hand -= qty
+        elif kind == "CYCLE_COUNT":
+            cell.on_hand = qty
+            cell.count_seq = m.seq
+        elif kind == "HOLD":
+            cell.on_hold += qty
+        elif kind == "RELEASE_HOLD":
+            cell.on_hold -= qty
+        # PICK: no quantity change, the ERP already allocated the stock
+    else:
+        if kind == "STOCK_SNAPSHOT":
+            if m.seq < cell.snapshot_seq:
+                return f"STOCK_SNAPSHOT #{m.seq} is older than #{cell.snapshot_seq} already applied"
+            cell.erp_book = qty
+            cell.snapshot_seq = m.seq
+        elif kind == "SO_ALLOCATION":
+            cell.reserved += qty
+        elif kind in ("SO_DEALLOCATION", "GOODS_ISSUE"):
+            cell.reserved -= qty
+        elif kind == "PO_CONFIRMED":
+            cell.incoming += qty
+        elif kind == "PO_RECEIVED":
+            cell.incoming -= qty
+    if m.event_time > cell.as_of:
+        cell.as_of = m.event_time
+    return None
+
+
+def channel_available(channel: Channel, base: int) -> tuple[int, int]:
+    """(after_share, available) for a base, per the header of channels.yaml."""
+    after_share = (base * Fraction(str(channel.share_pct))) // 100
+    available = min(channel.max_qty, max(0, after_share - channel.buffer_units))
+    if available < channel.min_qty:
+        available = 0
+    return int(after_share), available
+
+
+class Applied(NamedTuple):
+    """What one movement did: records it changed, or why it did not apply."""
+
+    records: list[dict[str, Any]]
+    late: DeadLetter | None = None
+    duplicate: bool = False
+
+
+#: (channel id, warehouse or None)
+ChannelKey = tuple[str, str | None]
+
+
+@dataclass(slots=True)
+class SkuState:
+    """Everything kept per sku (snapshotted per key)."""
+
+    #: set by the first movement (the engine builds state without the key)
+    sku: str = ""
+    cells: dict[str, Cell] = field(default_factory=dict)
+    #: channel key -> (available, version) last emitted
+    emitted: dict[ChannelKey, tuple[int, int]] = field(default_factory=dict)
+    #: ids of replayed dead letters already applied (at most once each)
+    replayed_ids: set[str] = field(default_factory=set)
+
+
+class Projector:
+    """Applies movements to one sku's cells and emits changed channel quantities.
+
+    Args:
+        state: restored or fresh state.
+        channels: the channel rules.
+        version_clock: `None` for replay (versions count from 1), else a callable
+            returning wall-clock epoch milliseconds for the hybrid logical clock.
+        resumed: the state came from a recovery snapshot: the first result per key
+            is emitted even when unchanged, so every consumer converges.
+    """
+
+    def __init__(
+        self,
+        state: SkuState,
+        channels: Channels,
+        version_clock: Callable[[], int] | None,
+        *,
+        resumed: bool = False,
+    ) -> None:
+        self.state = state
+        self.channels = channels
+        self.version_clock = version_clock
+        self._force: set[ChannelKey] | None = set(state.emitted) if resumed else None
+
+    def on_movement(self, m: Movement) -> Applied:
+        """Apply one movement; returns the availability records it changed."""
+        st = self.state
+        st.sku = m.sku
+        if m.raw.replayed and m.source_id in st.replayed_ids:
+            return Applied([], duplicate=True)  # a dead letter replayed again
+        cell = st.cells.get(m.warehouse)
+        if cell is None:
+            cell = st.cells[m.warehouse] = Cell()
+        late = apply_movement(cell, m)
+        if late is not None:
+            return Applied([], dead_letter(m.raw, Reason.LATE_SUPERSEDED, late, m.source_id))
+        if m.raw.replayed:
+            st.replayed_ids.add(m.source_id)
+        out = []
+        for channel in self.channels.by_warehouse.get(m.warehouse, ()):
+            location = m.warehouse if channel.per_location else None
+            record = self._project(channel, location, m)
+            if record is not None:
+                out.append(record)
+        return Applied(out)
+
+    def _project(self, channel: Channel, location: str | None, m: Movement) -> dict[str, Any] | None:
+        st = self.state
+        key = (channel.id, location)
+        names = (location,) if location else channel.warehouses
+        basis = []
+        base = 0
+        as_of = 0
+        for wh in names:
+            cell = st.cells.get(wh)
+            if cell is None:
+                continue
+            atp = cell.atp
+            base += atp + (max(0, cell.incoming) if channel.include_incoming else 0)
+            as_of = max(as_of, cell.as_of)
+            basis.append({
+                "warehouse": wh, "on_hand": cell.on_hand, "on_hold": cell.on_hold,
+                "reserved": cell.reserved, "incoming": cell.incoming, "atp": atp,
+                "erp_book": cell.erp_book, "drift": cell.drift,
+            })
+        after_share, available = channel_available(channel, base)
+        last = st.emitted.get(key)
+        forced = self._force is not None and key in self._force
+        if last is not None and last[0] == available and not forced:
+            return None
+        if forced:
+            self._force.discard(key)  # type: ignore[union-attr]
+        prev_version = last[1] if last else 0
+        if self.version_clock is None:
+            version = prev_version + 1
+        else:
+            version = max(prev_version + 1, self.version_clock() * 1000)
+        st.emitted[key] = (available, version)
+        return {
+            "channel": channel.id,
+            "sku": st.sku,
+            "location": location,
+            "available": available,
+            "previous": last[0] if last else None,
+            "version": version,
+            "as_of": as_of,
+            "source": m.source,
+            "source_id": m.source_id,
+            "warehouses": basis,
+            "base": base,
+            "share_pct": float(channel.share_pct),
+            "after_share": after_share,
+            "buffer_units": channel.buffer_units,
+            "max_qty": channel.max_qty,
+            "min_qty": channel.min_qty,
+            "include_incoming": channel.include_incoming,
+        }
