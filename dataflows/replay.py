@@ -73,6 +73,7 @@ class _JsonlPartition(StatelessSinkPartition[Any]):
         self.counts = counts
 
     def write_batch(self, items: list[Output]) -> None:
+        counts: Counter[str] = Counter()
         for item in items:
             fh = self.files.get(item.topic)
             if fh is None:
@@ -81,8 +82,10 @@ class _JsonlPartition(StatelessSinkPartition[Any]):
             line = {"key": item.key, "value": to_json(item.schema, item.value)}
             fh.write(json.dumps(line, ensure_ascii=False))
             fh.write("\n")
-            self.counts[item.topic] += 1
-            metrics.RECORDS_OUT.labels(item.topic).inc()
+            counts[item.topic] += 1
+        self.counts.update(counts)
+        for topic, n in counts.items():
+            metrics.RECORDS_OUT.labels(topic).inc(n)
 
     def close(self) -> None:
         for fh in self.files.values():

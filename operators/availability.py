@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
+from functools import cache
 from typing import Any, NamedTuple
 
 from operators.normalise import Movement
@@ -99,13 +100,21 @@ def apply_movement(cell: Cell, m: Movement) -> str | None:
     return None
 
 
+@cache
+def _share(pct: float) -> tuple[int, int]:
+    """share_pct / 100 as an exact fraction (numerator, denominator): floor without float error."""
+    f = Fraction(str(pct)) / 100
+    return f.numerator, f.denominator
+
+
 def channel_available(channel: Channel, base: int) -> tuple[int, int]:
     """(after_share, available) for a base, per the header of channels.yaml."""
-    after_share = (base * Fraction(str(channel.share_pct))) // 100
+    num, den = _share(channel.share_pct)
+    after_share = base * num // den
     available = min(channel.max_qty, max(0, after_share - channel.buffer_units))
     if available < channel.min_qty:
         available = 0
-    return int(after_share), available
+    return after_share, available
 
 
 class Applied(NamedTuple):

@@ -12,6 +12,7 @@ the key), so each state records its key from the first item it sees.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -80,11 +81,13 @@ def _values(step_id: str, up: Stream[tuple[str, Any]]) -> Stream[Any]:
 def decode_step(step_id: str, up: Stream[RawRecord], schemas: dict[str, str]) -> SplitOut:
     """Avro-decode every record with its topic's schema; count what came in."""
 
-    def one(raw: RawRecord) -> Decoded | DeadLetter:
-        metrics.RECORDS_IN.labels(raw.topic).inc()
-        return decode(raw, schemas[raw.topic])
+    def batch(raws: list[RawRecord]) -> list[Decoded | DeadLetter]:
+        counts = Counter(raw.topic for raw in raws)
+        for topic, n in counts.items():
+            metrics.RECORDS_IN.labels(topic).inc(n)
+        return [decode(raw, schemas[raw.topic]) for raw in raws]
 
-    return split_dead("split", op.map("decode", up, one))
+    return split_dead("split", op.flat_map_batch("decode", up, batch))
 
 
 # -- sequencing -----------------------------------------------------------------------------
@@ -282,6 +285,7 @@ class _ProjectLogic(StatefulBatchLogic[Movement, Any, SkuState]):
     @override
     def on_batch(self, values: list[Movement]) -> tuple[Iterable[Any], bool]:
         out: list[Any] = []
+        applied: Counter[str] = Counter()
         for m in values:
             result = self.projector.on_movement(m)
             if result.duplicate:
@@ -290,7 +294,7 @@ class _ProjectLogic(StatefulBatchLogic[Movement, Any, SkuState]):
             if result.late is not None:
                 out.append(result.late)
                 continue
-            metrics.RECORDS_APPLIED.labels(m.source).inc()
+            applied[m.source] += 1
             for r in result.records:
                 key = r["sku"] if r["location"] is None else f"{r['sku']}|{r['location']}"
                 out.append(Output(self.topic_of(r["channel"]), key, "AvailabilityRecord", r,
@@ -298,6 +302,8 @@ class _ProjectLogic(StatefulBatchLogic[Movement, Any, SkuState]):
             cell = self.projector.state.cells[m.warehouse]
             if m.kind == "STOCK_SNAPSHOT" and cell.drift is not None:
                 metrics.ATP_DRIFT.observe(cell.drift)
+        for source, n in applied.items():
+            metrics.RECORDS_APPLIED.labels(source).inc(n)
         return out, RETAIN
 
     @override

@@ -142,6 +142,24 @@ def from_json(name: str, value: dict[str, Any]) -> dict[str, Any]:
     return _convert(codec(name).raw_schema, value, {}, to_avro=True)
 
 
+def _json_native(node: Any) -> bool:
+    """True if no value of the schema needs converting for JSON (no bytes, no decimals)."""
+    if isinstance(node, dict):
+        if node.get("type") in ("bytes", "fixed"):
+            return False
+        return all(_json_native(v) for v in node.values())
+    if isinstance(node, list):
+        return all(_json_native(v) for v in node)
+    return node not in ("bytes", "fixed")
+
+
+@cache
+def _is_json_native(name: str) -> bool:
+    return _json_native(codec(name).raw_schema)
+
+
 def to_json(name: str, record: dict[str, Any]) -> dict[str, Any]:
     """A decoded record to the fixture's plain-JSON form."""
+    if _is_json_native(name):
+        return record  # the hot path for availability records: nothing to convert
     return _convert(codec(name).raw_schema, record, {}, to_avro=False)

@@ -143,6 +143,8 @@ class AmazonAdapter:
 
     #: One SKU per patchListingsItem call: the API has no batch form for it.
     max_batch = 1
+    inventory_operation = OP_PATCH
+    fulfillment_operation = OP_CONFIRM
 
     def __init__(self, channel: str, config: AmazonChannelConfig, caller: ApiCaller, lwa: LwaTokenProvider) -> None:
         self.channel = channel

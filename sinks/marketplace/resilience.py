@@ -17,13 +17,24 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from enum import Enum
+from typing import Generic, TypeVar
 
 from ._metrics import metric
 from .config import BreakerConfig, RetryConfig
-from .errors import CircuitOpenError
+from .errors import ApiUnavailableError, CircuitOpenError, DeadlineExceeded, TransientApiError
 
-__all__ = ["BreakerRegistry", "BreakerState", "CircuitBreaker", "backoff_delay"]
+__all__ = [
+    "BreakerRegistry",
+    "BreakerState",
+    "CallOutcome",
+    "CircuitBreaker",
+    "backoff_delay",
+    "guarded_call",
+]
+
+T = TypeVar("T")
 
 
 def backoff_delay(
@@ -146,3 +157,56 @@ class BreakerRegistry:
         with self._lock:
             breakers = list(self._breakers.items())
         return {name: b.state for name, b in breakers}
+
+
+@dataclass(frozen=True, slots=True)
+class CallOutcome(Generic[T]):
+    """The end of `guarded_call`: a value, or why there is none (``stop``)."""
+
+    value: T | None
+    #: None on success; "deadline", "circuit_open", "unavailable" (stop the flush) or
+    #: "exhausted" (every item of the call ran out of attempts; go on with the next call).
+    stop: str | None
+
+
+def guarded_call(
+    fn: Callable[[], T],
+    *,
+    deadline: float,
+    retry: RetryConfig,
+    on_transient: Callable[[TransientApiError], int | None],
+    on_deferred: Callable[[float], None],
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> CallOutcome[T]:
+    """Call ``fn`` until it returns, retrying transient failures with backoff, within ``deadline``.
+
+    ``on_transient`` books a failed attempt and returns the attempt number that sizes the next
+    backoff, or None when no item of the call has budget left. ``on_deferred`` is told the
+    instant before which the items should not be retried when the backoff outlasts the deadline.
+    Outages (`ApiUnavailableError`) are retried with backoff too but book no attempt.
+    """
+    outages = 0
+    while True:
+        if clock() >= deadline:
+            return CallOutcome(None, "deadline")
+        try:
+            return CallOutcome(fn(), None)
+        except CircuitOpenError:
+            return CallOutcome(None, "circuit_open")
+        except DeadlineExceeded:
+            return CallOutcome(None, "deadline")
+        except ApiUnavailableError:
+            outages += 1
+            delay = backoff_delay(outages, retry)
+            if clock() + delay >= deadline:
+                return CallOutcome(None, "unavailable")
+        except TransientApiError as exc:
+            attempt = on_transient(exc)
+            if attempt is None:
+                return CallOutcome(None, "exhausted")
+            delay = backoff_delay(attempt, retry, retry_after=exc.retry_after)
+            if clock() + delay >= deadline:
+                on_deferred(clock() + delay)
+                return CallOutcome(None, "deadline")
+        sleep(delay)

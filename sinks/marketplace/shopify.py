@@ -133,6 +133,9 @@ def _read_query(count: int) -> str:
 class ShopifyAdapter:
     """Pushes availability and fulfillments to one Shopify-style shop."""
 
+    inventory_operation = OP_SET
+    fulfillment_operation = OP_FULFILL
+
     def __init__(
         self,
         channel: str,

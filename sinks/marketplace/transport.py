@@ -128,6 +128,13 @@ class ApiCaller:
             metric("MARKETPLACE_THROTTLED").labels(**labels).inc()
             if retry_after:
                 self.limiter.penalize(operation, retry_after)
+            usage_plan = response.headers.get("x-amzn-ratelimit-limit")
+            if usage_plan:
+                # SP-API tells the rate it applies; a lower one caps every worker's bucket.
+                try:
+                    self.limiter.learn_rate(operation, float(usage_plan))
+                except ValueError:
+                    pass
             raise ThrottledError(
                 f"{operation}: HTTP 429",
                 status=status,

@@ -1,0 +1,692 @@
+"""Kafka plumbing: the Bytewax source and sink atpflow runs on, topic creation,
+and the small checked producer and to-the-end reader the CLI commands share.
+
+Source. `KafkaRawSource` wraps Bytewax's own `KafkaSource` rather than
+re-implementing it: the stock source already does what recovery needs (one
+Kafka partition per Bytewax partition, spread over workers, assigned with
+`assign()` so no group join, the next offset as resume state, partition EOF
+when not tailing, errors raised, the `bytewax_kafka_consumer_lag` metric), and
+keeping its partition names (`"<partition>-<topic>"`) and resume state (an int
+offset) keeps recovery snapshots readable by `atpflow lag`. The wrapper adds
+what it lacks: `RawRecord` items (UTF-8 key, headers, timestamp),
+`auto.offset.reset=earliest` (its default would skip to the end when a
+resume offset has expired), and a partition listing that never names a
+single topic in a metadata request (Tansu auto-creates the topic it is asked
+about, without configs).
+
+Sink. `KafkaOutputSink` is our own, on confluent-kafka: the stock `KafkaSink`
+ignores `partition`, registers no delivery callback (a failed delivery goes
+unreported and the record is lost) and is a `DynamicSink` (any worker writes
+any key). Ours is a `FixedPartitionedSink` routed by the record key, so every
+record of a key is written by one sink partition, in order, through an
+idempotent producer (`acks=all`), and every `write_batch` ends with a flush
+that raises if any delivery failed: a failed write stops the dataflow, and
+recovery replays it from the last snapshot instead of dropping it.
+
+Partitioning. Records are explicitly partitioned with murmur2 of the key,
+exactly like the Java client's default partitioner (and librdkafka's
+`murmur2_random`), so that every client agrees where a key lives. We compute
+it ourselves instead of trusting the `partitioner` setting because
+librdkafka's default is `consistent_random` (CRC32, which disagrees with Java)
+and a `kafka.extra` override could silently change it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from functools import lru_cache
+from typing import Any
+
+from bytewax import operators as op
+from bytewax.connectors.kafka import KafkaSource, KafkaSourceMessage
+from bytewax.dataflow import Stream
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    TIMESTAMP_NOT_AVAILABLE,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from dataflows.config import Config, KafkaConfig
+from operators.records import Output, RawRecord
+from schemas import codec
+
+__all__ = [
+    "BrokerUnavailable",
+    "CheckedProducer",
+    "DeliveryError",
+    "KafkaOutputSink",
+    "KafkaRawSource",
+    "MissingTopicError",
+    "TopicSpec",
+    "check_connection",
+    "consumer_settings",
+    "create_topics",
+    "existing_topics",
+    "iter_records",
+    "kafka_output",
+    "key_partition",
+    "murmur2",
+    "require_topics",
+    "replay_marker_topic",
+    "to_raw",
+    "topic_specs",
+]
+
+log = logging.getLogger(__name__)
+
+DAY_MS = 86_400_000
+#: Retention of the event topics (inputs, milestones).
+EVENT_RETENTION_MS = 7 * DAY_MS
+#: Dead letters wait for a human: keep them longer than the inputs.
+DEAD_LETTER_RETENTION_MS = 30 * DAY_MS
+
+
+class BrokerUnavailable(ConnectionError):
+    """No broker answered a metadata request in time."""
+
+
+class MissingTopicError(RuntimeError):
+    """A topic we read or write does not exist (we never auto-create)."""
+
+
+class DeliveryError(RuntimeError):
+    """At least one produced record was not acknowledged by the cluster."""
+
+
+SettingsLike = KafkaConfig | Mapping[str, Any]
+
+
+def _settings(kafka: SettingsLike) -> dict[str, Any]:
+    if isinstance(kafka, KafkaConfig):
+        return kafka.client_settings()
+    return dict(kafka)
+
+
+# -- partitioning ------------------------------------------------------------
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 (the Java client's `Utils.murmur2`), as an unsigned 32-bit int."""
+    m, r = 0x5BD1E995, 24
+    length = len(data)
+    h = (0x9747B28C ^ length) & 0xFFFFFFFF
+    end = length - (length & 3)
+    for i in range(0, end, 4):
+        k = int.from_bytes(data[i:i + 4], "little")
+        k = (k * m) & 0xFFFFFFFF
+        k ^= k >> r
+        k = (k * m) & 0xFFFFFFFF
+        h = ((h * m) & 0xFFFFFFFF) ^ k
+    rest = length & 3
+    if rest == 3:
+        h ^= data[end + 2] << 16
+    if rest >= 2:
+        h ^= data[end + 1] << 8
+    if rest >= 1:
+        h ^= data[end]
+        h = (h * m) & 0xFFFFFFFF
+    h ^= h >> 13
+    h = (h * m) & 0xFFFFFFFF
+    h ^= h >> 15
+    return h
+
+
+@lru_cache(maxsize=65536)
+def _positive_hash(key: bytes) -> int:
+    # Keys repeat a lot (one per sku / stream): caching skips the pure-Python loop.
+    return murmur2(key) & 0x7FFFFFFF
+
+
+def key_partition(key: bytes, partitions: int) -> int:
+    """The partition the Java client (and librdkafka's murmur2_random) picks for `key`."""
+    return _positive_hash(key) % partitions
+
+
+# -- admin -------------------------------------------------------------------
+
+
+def check_connection(kafka: SettingsLike, timeout: float = 10.0) -> AdminClient:
+    """An admin client whose broker answered a metadata request, or `BrokerUnavailable`."""
+    settings = _settings(kafka)
+    address = settings.get("bootstrap.servers", "?")
+    # librdkafka would print a 'Connection refused' line per retry: our message says it once.
+    admin = AdminClient({**settings, "log_level": 0})
+    try:
+        admin.list_topics(timeout=timeout)
+    except KafkaException as exc:
+        msg = (
+            f"no Kafka broker answered at {address} within {timeout:g} s "
+            f"({exc.args[0].str() if exc.args else exc}); "
+            "check kafka.bootstrap_servers or --bootstrap"
+        )
+        raise BrokerUnavailable(msg) from None
+    return admin
+
+
+def existing_topics(admin: AdminClient, timeout: float = 10.0) -> dict[str, int]:
+    """Topic -> partition count, from one metadata request for *all* topics.
+
+    Never ask about one topic by name: Tansu creates a topic it is asked about
+    (with no configs, which breaks clients that read them).
+    """
+    md = admin.list_topics(timeout=timeout)
+    return {
+        name: len(t.partitions)
+        for name, t in md.topics.items()
+        if t.error is None and not name.startswith("__")
+    }
+
+
+def require_topics(
+    admin: AdminClient, topics: Iterable[str], timeout: float = 10.0
+) -> dict[str, int]:
+    """Partition counts of `topics`, or `MissingTopicError` naming the missing ones."""
+    known = existing_topics(admin, timeout)
+    wanted = list(dict.fromkeys(topics))
+    missing = [t for t in wanted if t not in known]
+    if missing:
+        msg = f"topic(s) not found: {', '.join(missing)} (create them: atpflow topics create)"
+        raise MissingTopicError(msg)
+    return {t: known[t] for t in wanted}
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    config: dict[str, str]
+
+
+def replay_marker_topic(config: Config) -> str:
+    """Compacted topic remembering which dead letters were replayed (see commands_kafka)."""
+    return f"{config.topics.dead_letter}.replayed"
+
+
+def _channel_ids(config: Config, channels: Any) -> list[str]:
+    if channels is None:
+        channels = config.channels
+    if hasattr(channels, "channels"):  # a Channels model
+        channels = channels.channels
+    return [c if isinstance(c, str) else c.id for c in channels]
+
+
+def topic_specs(config: Config, channels: Any = None) -> list[TopicSpec]:
+    """Every topic atpflow reads or writes, with explicit configs.
+
+    Explicit configs on every topic: Tansu reports none for a topic created
+    without them, and clients that read `retention.ms` then crash.
+    """
+    k, t = config.kafka, config.topics
+    base = {}
+    if k.replication_factor > 1:
+        # With acks=all, a write needs two in-sync copies before it counts.
+        base["min.insync.replicas"] = str(min(2, k.replication_factor))
+
+    def delete(ms: int) -> dict[str, str]:
+        return {**base, "cleanup.policy": "delete", "retention.ms": str(ms)}
+
+    # Latest value per key is all that matters; retention.ms is set so it is readable.
+    compact = {**base, "cleanup.policy": "compact", "retention.ms": "-1"}
+    specs = [
+        TopicSpec(t.wms_transactions, k.partitions, delete(EVENT_RETENTION_MS)),
+        TopicSpec(t.erp_documents, k.partitions, delete(EVENT_RETENTION_MS)),
+        # One partition: the item master is small and read whole by every worker's lookups.
+        TopicSpec(t.items, 1, dict(compact)),
+        TopicSpec(t.fulfillment_events, k.partitions, delete(EVENT_RETENTION_MS)),
+        TopicSpec(t.carrier_events, k.partitions, delete(EVENT_RETENTION_MS)),
+    ]
+    specs += [
+        TopicSpec(t.availability(cid), k.partitions, dict(compact))
+        for cid in _channel_ids(config, channels)
+    ]
+    specs += [
+        TopicSpec(t.milestones, k.partitions, delete(EVENT_RETENTION_MS)),
+        TopicSpec(t.dead_letter, k.partitions, delete(DEAD_LETTER_RETENTION_MS)),
+        TopicSpec(replay_marker_topic(config), 1, dict(compact)),
+    ]
+    return specs
+
+
+def create_topics(
+    config: Config, channels: Any = None, *, timeout: float = 10.0
+) -> tuple[list[str], list[str]]:
+    """Create every missing topic; returns `(created, existed)`. Safe to run again.
+
+    `channels`: a `Channels` model, channel objects or ids; default the config's.
+    Existing topics are left as they are (their configs are not changed).
+    """
+    admin = check_connection(config.kafka, timeout)
+    specs = topic_specs(config, channels)
+    known = existing_topics(admin, timeout)
+    existed = [s.name for s in specs if s.name in known]
+    todo = [s for s in specs if s.name not in known]
+    created: list[str] = []
+    if todo:
+        futures = admin.create_topics(
+            [
+                NewTopic(s.name, s.partitions, config.kafka.replication_factor, config=s.config)
+                for s in todo
+            ],
+            operation_timeout=timeout,
+            request_timeout=timeout,
+        )
+        for name, fut in futures.items():
+            try:
+                fut.result()
+                created.append(name)
+            except KafkaException as exc:
+                # Someone else created it between our listing and our request.
+                if exc.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                    existed.append(name)
+                else:
+                    raise
+    order = {s.name: i for i, s in enumerate(specs)}
+    return sorted(created, key=order.__getitem__), sorted(existed, key=order.__getitem__)
+
+
+# -- records -----------------------------------------------------------------
+
+
+def _key_str(key: bytes | str | None) -> str | None:
+    if key is None or isinstance(key, str):
+        return key
+    # Keys are UTF-8 by contract; a broken one must still reach the dead-letter path.
+    return key.decode("utf-8", errors="replace")
+
+
+def _timestamp(ts: tuple[int, int] | None) -> int | None:
+    if not ts or ts[0] == TIMESTAMP_NOT_AVAILABLE:
+        return None
+    return ts[1]
+
+
+def to_raw(msg: Message | KafkaSourceMessage) -> RawRecord:
+    """A consumed record (confluent-kafka or Bytewax message) as a `RawRecord`."""
+    if isinstance(msg, KafkaSourceMessage):
+        key, value, topic = msg.key, msg.value, msg.topic
+        partition, offset, ts, headers = msg.partition, msg.offset, msg.timestamp, msg.headers
+    else:
+        key, value, topic = msg.key(), msg.value(), msg.topic()
+        partition, offset, ts, headers = (
+            msg.partition(), msg.offset(), msg.timestamp(), msg.headers()
+        )
+    return RawRecord(
+        topic=topic or "",
+        partition=partition,
+        offset=offset,
+        key=_key_str(key),
+        value=value,
+        timestamp=_timestamp(ts),
+        headers=tuple((k, v if v is not None else b"") for k, v in headers or ()),
+    )
+
+
+# -- source ------------------------------------------------------------------
+
+
+class _RawPartition(StatefulSourcePartition[RawRecord, int | None]):
+    """The stock partition, its messages converted to `RawRecord`."""
+
+    def __init__(self, inner: StatefulSourcePartition[Any, int | None]) -> None:
+        self._inner = inner
+
+    def next_batch(self) -> list[RawRecord]:
+        return [to_raw(m) for m in self._inner.next_batch()]
+
+    def next_awake(self) -> datetime | None:
+        return self._inner.next_awake()
+
+    def snapshot(self) -> int | None:
+        return self._inner.snapshot()
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+class KafkaRawSource(FixedPartitionedSource[RawRecord, int | None]):
+    """Every partition of `topics` as `RawRecord`s, offsets kept in Bytewax's recovery.
+
+    `stop_at_eof=False` (live) tails forever; `stop_at_eof=True` ends each
+    partition at its end (`enable.partition.eof`), for tests and one-off runs.
+    Consumer errors raise (the dataflow stops), never pass silently.
+    """
+
+    def __init__(
+        self,
+        kafka: SettingsLike,
+        topics: Sequence[str],
+        *,
+        stop_at_eof: bool = False,
+        batch_size: int = 1000,
+        add_config: Mapping[str, Any] | None = None,
+        metadata_timeout: float = 10.0,
+    ) -> None:
+        if isinstance(topics, str) or not topics:
+            msg = "topics must be a non-empty list of topic names"
+            raise ValueError(msg)
+        self.topics = list(topics)
+        self.stop_at_eof = stop_at_eof
+        self._metadata_timeout = metadata_timeout
+        settings = {
+            # Tansu answers a fetch only when this expires (or data arrives): keep it short.
+            "fetch.wait.max.ms": 100,
+            **_settings(kafka),
+            **(add_config or {}),
+            # Never skip data when a resume offset is out of range.
+            "auto.offset.reset": "earliest",
+        }
+        self._settings = settings
+        self._inner = KafkaSource(
+            brokers=str(settings["bootstrap.servers"]).split(","),
+            topics=self.topics,
+            tail=not stop_at_eof,
+            add_config=settings,
+            batch_size=batch_size,
+            raise_on_errors=True,
+        )
+
+    def list_parts(self) -> list[str]:
+        admin = AdminClient(self._settings)
+        counts = require_topics(admin, self.topics, self._metadata_timeout)
+        return [f"{i}-{topic}" for topic in self.topics for i in range(counts[topic])]
+
+    def build_part(
+        self, step_id: str, for_part: str, resume_state: int | None
+    ) -> _RawPartition:
+        return _RawPartition(self._inner.build_part(step_id, for_part, resume_state))
+
+
+# -- checked producer --------------------------------------------------------
+
+
+class CheckedProducer:
+    """An idempotent producer that remembers every failed delivery.
+
+    `flush()` waits for every outstanding record and raises `DeliveryError` if
+    any failed (or if the producer hit a fatal error): callers decide when a
+    batch counts as written, and nothing fails silently.
+    """
+
+    #: Correctness settings, applied last so no config can weaken them.
+    REQUIRED = {"enable.idempotence": True, "acks": "all"}
+
+    def __init__(
+        self,
+        kafka: SettingsLike,
+        *,
+        add_config: Mapping[str, Any] | None = None,
+        metadata_timeout: float = 10.0,
+        flush_timeout: float | None = None,
+    ) -> None:
+        settings = {
+            "linger.ms": 5,
+            # Used only for null keys (explicit partitions otherwise); Java-compatible.
+            "partitioner": "murmur2_random",
+            **_settings(kafka),
+            **(add_config or {}),
+            **self.REQUIRED,
+            "error_cb": self._on_error,
+        }
+        self._metadata_timeout = metadata_timeout
+        # None: wait as long as librdkafka's message.timeout.ms lets a record live,
+        # after which it reports the record as failed.
+        self._flush_timeout = flush_timeout
+        self._partitions: dict[str, int] = {}
+        self._failures: list[str] = []
+        self._failed = 0
+        self._fatal: str | None = None
+        self._producer = Producer(settings)
+
+    def _on_error(self, err: KafkaError) -> None:
+        # Transport errors are retried by librdkafka; a fatal one ends the producer.
+        if err.fatal():
+            self._fatal = err.str()
+        else:
+            log.debug("kafka producer: %s", err.str())
+
+    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            self._failed += 1
+            if len(self._failures) < 5:
+                self._failures.append(
+                    f"{msg.topic()}[{msg.partition()}] key={_key_str(msg.key())!r}: {err.str()}"
+                )
+
+    def partition_count(self, topic: str) -> int:
+        if topic not in self._partitions:
+            admin_view = self._producer.list_topics(timeout=self._metadata_timeout)
+            for name, meta in admin_view.topics.items():
+                if meta.error is None and meta.partitions:
+                    self._partitions[name] = len(meta.partitions)
+            if topic not in self._partitions:
+                msg = f"topic {topic!r} does not exist (create it: atpflow topics create)"
+                raise MissingTopicError(msg)
+        return self._partitions[topic]
+
+    def send(
+        self,
+        topic: str,
+        key: str | None,
+        value: bytes | None,
+        *,
+        headers: Sequence[tuple[str, bytes]] = (),
+        partition: int | None = None,
+        timestamp: int | None = None,
+        on_delivery: Callable[[KafkaError | None, Message], None] | None = None,
+    ) -> None:
+        """Queue one record; `partition` defaults to murmur2 of the key."""
+        kbytes = key.encode("utf-8") if key is not None else None
+        if partition is None and kbytes is not None:
+            partition = key_partition(kbytes, self.partition_count(topic))
+        kwargs: dict[str, Any] = {"key": kbytes, "value": value}
+        if headers:
+            kwargs["headers"] = list(headers)
+        if partition is not None:
+            kwargs["partition"] = partition
+        if timestamp:
+            kwargs["timestamp"] = timestamp
+        if on_delivery is None:
+            kwargs["on_delivery"] = self._on_delivery
+        else:
+            def both(err: KafkaError | None, msg: Message) -> None:
+                self._on_delivery(err, msg)
+                on_delivery(err, msg)
+            kwargs["on_delivery"] = both
+        while True:
+            try:
+                self._producer.produce(topic, **kwargs)
+                return
+            except BufferError:
+                # The local queue is full: serve delivery reports until there is room.
+                self._producer.poll(0.1)
+
+    def flush(self) -> None:
+        """Wait for every queued record; `DeliveryError` if any was not delivered."""
+        if self._flush_timeout is None:
+            left = self._producer.flush()
+        else:
+            left = self._producer.flush(self._flush_timeout)
+        problems = []
+        if self._fatal:
+            problems.append(f"fatal producer error: {self._fatal}")
+        if left:
+            problems.append(f"{left} record(s) still unacknowledged after {self._flush_timeout} s")
+        if self._failed:
+            problems.append(f"{self._failed} record(s) failed: " + "; ".join(self._failures))
+        if problems:
+            self._failures, self._failed = [], 0
+            raise DeliveryError("Kafka delivery failed: " + " | ".join(problems))
+
+    def close(self) -> None:
+        self.flush()
+
+    def __enter__(self) -> CheckedProducer:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.close()
+
+
+# -- sink ----------------------------------------------------------------------
+
+
+class _OutputPartition(StatefulSinkPartition[Output, None]):
+    def __init__(self, producer: CheckedProducer) -> None:
+        self._producer = producer
+
+    def write_batch(self, values: list[Output]) -> None:
+        send = self._producer.send
+        for out in values:
+            value = codec(out.schema).encode(out.value) if out.value is not None else None
+            send(out.topic, out.key, value)
+        # The batch counts as written only once the cluster has it: a failure
+        # raises here, the dataflow stops, and recovery replays the batch.
+        self._producer.flush()
+
+    def snapshot(self) -> None:
+        # Nothing to resume: outputs after the last snapshot are re-sent, and
+        # consumers ignore them by version.
+        return None
+
+    def close(self) -> None:
+        self._producer.close()
+
+
+class KafkaOutputSink(FixedPartitionedSink[Output, None]):
+    """Writes `Output`s: Avro-encoded, keyed, murmur2-partitioned, delivery-checked.
+
+    Items are `(route_key, Output)`; use `kafka_output()` which keys them by
+    `Output.key`, so all records of a key go to one sink partition (one worker,
+    one producer) and stay in order. `parts` sink partitions spread the writing
+    over workers (default: `kafka.partitions`); each owns one producer and
+    flushes once per batch.
+    """
+
+    def __init__(
+        self,
+        kafka: SettingsLike,
+        *,
+        parts: int | None = None,
+        add_config: Mapping[str, Any] | None = None,
+        metadata_timeout: float = 10.0,
+        flush_timeout: float | None = None,
+    ) -> None:
+        if parts is None:
+            parts = kafka.partitions if isinstance(kafka, KafkaConfig) else 1
+        if parts < 1:
+            msg = "parts must be at least 1"
+            raise ValueError(msg)
+        self._settings = _settings(kafka)
+        self._parts = parts
+        self._add_config = dict(add_config or {})
+        self._metadata_timeout = metadata_timeout
+        self._flush_timeout = flush_timeout
+
+    def list_parts(self) -> list[str]:
+        # Zero-padded so that the sorted order is the numeric order.
+        return [f"kafka-out-{i:04d}" for i in range(self._parts)]
+
+    def part_fn(self, item_key: str) -> int:
+        # Stable across processes and runs (unlike hash()); non-negative.
+        return _positive_hash(item_key.encode("utf-8"))
+
+    def build_part(
+        self, step_id: str, for_part: str, resume_state: None
+    ) -> _OutputPartition:
+        return _OutputPartition(
+            CheckedProducer(
+                self._settings,
+                add_config=self._add_config,
+                metadata_timeout=self._metadata_timeout,
+                flush_timeout=self._flush_timeout,
+            )
+        )
+
+
+def _route(out: Output) -> tuple[str, Output]:
+    return (out.key or "", out)
+
+
+def kafka_output(step_id: str, up: Stream[Output], sink: KafkaOutputSink) -> None:
+    """Write a stream of `Output`s with `sink`, routed by key.
+
+    Order per key holds when `up` emits each key's records from one worker in
+    order (true downstream of a stateful step keyed by the same key): Bytewax
+    keeps the order between one pair of workers.
+    """
+    keyed = op.map(f"{step_id}_route", up, _route)
+    op.output(step_id, keyed, sink)
+
+
+# -- reading to the end --------------------------------------------------------
+
+
+def consumer_settings(kafka: SettingsLike, **extra: Any) -> dict[str, Any]:
+    """Settings for an `assign()` consumer that reads to the end of each partition."""
+    return {
+        **_settings(kafka),
+        "group.id": "atpflow-cli",  # required by librdkafka; never joined (assign only)
+        "enable.auto.commit": False,
+        "enable.partition.eof": True,
+        "auto.offset.reset": "earliest",
+        "fetch.wait.max.ms": 100,
+        **extra,
+    }
+
+
+def iter_records(
+    kafka: SettingsLike,
+    topics: Sequence[str],
+    *,
+    from_beginning: bool = True,
+    follow: bool = False,
+    start: Mapping[tuple[str, int], int] | None = None,
+    timeout: float = 10.0,
+    poll_interval: float = 0.2,
+) -> Iterator[RawRecord]:
+    """Records of every partition of `topics`, until each partition's end.
+
+    The end is the partition-EOF event, not the high watermark (Tansu reports
+    the start of its last batch as the watermark). `follow=True` keeps reading
+    until the caller stops iterating. `start` overrides the start offset of
+    some (topic, partition)s.
+    """
+    settings = consumer_settings(kafka)
+    admin = AdminClient(settings)
+    counts = require_topics(admin, topics, timeout)
+    first = OFFSET_BEGINNING if from_beginning else OFFSET_END
+    tps = [
+        TopicPartition(t, p, (start or {}).get((t, p), first))
+        for t in counts
+        for p in range(counts[t])
+    ]
+    consumer = Consumer(settings)
+    try:
+        consumer.assign(tps)
+        pending = {(tp.topic, tp.partition) for tp in tps}
+        while follow or pending:
+            msg = consumer.poll(poll_interval)
+            if msg is None:
+                continue
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    pending.discard((msg.topic(), msg.partition()))
+                    continue
+                raise KafkaException(err)
+            yield to_raw(msg)
+    finally:
+        consumer.close()
