@@ -122,9 +122,9 @@ def _table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     lines = []
     for r in cells:
-        lines.append("  ".join(
-            c.rjust(w) if c.lstrip("-").isdigit() else c.ljust(w) for c, w in zip(r, widths, strict=True)
-        ).rstrip())
+        # Numbers right-aligned, text left-aligned.
+        padded = (c.rjust(w) if c.isdigit() else c.ljust(w) for c, w in zip(r, widths, strict=True))
+        lines.append("  ".join(padded).rstrip())
     return "\n".join(lines)
 
 

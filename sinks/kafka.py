@@ -387,7 +387,8 @@ class KafkaRawSource(FixedPartitionedSource[RawRecord, int | None]):
             # Never skip data when a resume offset is out of range.
             "auto.offset.reset": "earliest",
         }
-        self._settings = settings
+        # Admin requests get the connection settings only (consumer ones would warn).
+        self._admin_settings = _settings(kafka)
         self._inner = KafkaSource(
             brokers=str(settings["bootstrap.servers"]).split(","),
             topics=self.topics,
@@ -398,7 +399,7 @@ class KafkaRawSource(FixedPartitionedSource[RawRecord, int | None]):
         )
 
     def list_parts(self) -> list[str]:
-        admin = AdminClient(self._settings)
+        admin = AdminClient(self._admin_settings)
         counts = require_topics(admin, self.topics, self._metadata_timeout)
         return [f"{i}-{topic}" for topic in self.topics for i in range(counts[topic])]
 
@@ -665,8 +666,7 @@ def iter_records(
     some (topic, partition)s.
     """
     settings = consumer_settings(kafka)
-    admin = AdminClient(settings)
-    counts = require_topics(admin, topics, timeout)
+    counts = require_topics(AdminClient(_settings(kafka)), topics, timeout)
     first = OFFSET_BEGINNING if from_beginning else OFFSET_END
     tps = [
         TopicPartition(t, p, (start or {}).get((t, p), first))
