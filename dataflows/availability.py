@@ -24,6 +24,7 @@ from operators.steps import (
     Clock,
     Mode,
     decode_step,
+    emit,
     normalise_step,
     project_step,
     route_items_step,
@@ -93,5 +94,5 @@ def build_availability_flow(
         "dead", decoded.errs, items.errs, ordered.errs, movements.errs, projected.errs
     )
     letters = op.map("dead_letter_records", dead, dead_letter_output(topics.dead_letter))
-    op.output("output", op.merge("all_out", projected.oks, letters), sink)
+    emit("output", op.merge("all_out", projected.oks, letters), sink)
     return flow

@@ -81,6 +81,42 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _flow_names(choice: str) -> list[str]:
+    return list(FLOWS) if choice == "all" else [choice]
+
+
+def _recovery_dir(config: Config, flow: str) -> Path | None:
+    return None if config.recovery.dir is None else config.recovery.dir / flow
+
+
+def _cmd_recovery_init(args: argparse.Namespace) -> int:
+    import subprocess
+
+    config = config_from_args(args)
+    if config.recovery.dir is None:
+        print("atpflow recovery init: set recovery.dir in the config (or ATPFLOW__RECOVERY__DIR)",
+              file=sys.stderr)
+        return 2
+    for flow in _flow_names(args.flow):
+        target = _recovery_dir(config, flow)
+        assert target is not None
+        if target.exists() and any(target.glob("part-*.sqlite3")):
+            print(f"{flow}: recovery partitions already in {target} (kept)")
+            continue
+        target.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-m", "bytewax.recovery", str(target), str(args.partitions)],
+                       check=True)
+        print(f"{flow}: created {args.partitions} recovery partition(s) in {target}")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from dataflows.runner import run_flows
+
+    config = config_from_args(args)
+    return run_flows(config, args, _flow_names(args.flow))
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", default=None,
@@ -110,6 +146,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--poison", type=float, default=0.001, help="share of poison records")
     p.set_defaults(func=_cmd_generate)
 
+    p = sub.add_parser("run", parents=[common], help="run the dataflows live on Kafka (production entry point)")
+    p.add_argument("--flow", choices=[*FLOWS, "all"], default="all")
+    p.add_argument("-w", "--workers", type=int, default=1, help="worker threads per process")
+    p.add_argument("-i", "--process-id", type=int, help="this process's index in a multi-process cluster")
+    p.add_argument("-a", "--addresses", help="';'-separated host:port of every process in the cluster")
+    p.add_argument("--stop-at-eof", action="store_true",
+                   help="stop once every input partition is read to its end (tests, one-off catch-up)")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("recovery", help="crash-recovery state")
+    rsub = p.add_subparsers(dest="recovery_command", required=True)
+    p = rsub.add_parser("init", parents=[common], help="create the recovery partitions (once per cluster)")
+    p.add_argument("--flow", choices=[*FLOWS, "all"], default="all")
+    p.add_argument("--partitions", type=int, default=1,
+                   help="recovery partitions per flow (any number; Bytewax spreads them over workers)")
+    p.set_defaults(func=_cmd_recovery_init)
+
+    from dataflows.commands_kafka import register
+
+    register(sub, parents=[common])
     return parser
 
 

@@ -21,6 +21,7 @@ from typing import Any, Literal
 import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import StatefulBatchLogic
+from bytewax.outputs import FixedPartitionedSink
 from typing_extensions import override
 
 from operators import metrics
@@ -38,6 +39,7 @@ __all__ = [
     "Mode",
     "SplitOut",
     "decode_step",
+    "emit",
     "normalise_step",
     "project_step",
     "route_items_step",
@@ -64,6 +66,15 @@ class SplitOut:
 
 
 DecodeOut = SplitOut
+
+
+@operator
+def emit(step_id: str, up: Stream[Output], sink: Any) -> None:
+    """Write outputs; a partitioned sink gets them keyed by record key (order per key)."""
+    if isinstance(sink, FixedPartitionedSink):
+        op.output("partitioned", op.key_on("route", up, lambda o: o.key or ""), sink)
+    else:
+        op.output("output", up, sink)
 
 
 @operator

@@ -134,6 +134,7 @@ class FulfillmentSink:
         started = self._clock()
         deadline = started + (self._budget if max_seconds is None else max_seconds)
         report = FlushReport()
+        before_pushed, before_dead = self.pushed, self.dead_letters
         for key in list(self._queue):
             job = self._queue.get(key)
             if job is None or job.retry_at > self._clock():
@@ -142,6 +143,8 @@ class FulfillmentSink:
             if stop:
                 report.stopped = stop
                 break
+        report.pushed = self.pushed - before_pushed
+        report.dead_lettered = self.dead_letters - before_dead
         report.remaining = len(self._queue)
         report.elapsed_s = self._clock() - started
         return report
