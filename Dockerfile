@@ -22,8 +22,8 @@ FROM ${PYTHON_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="atpflow" \
       org.opencontainers.image.description="WMS/ERP inventory movements to channel availability, and shipment milestones, on Bytewax" \
       org.opencontainers.image.licenses="Apache-2.0"
-# tini as PID 1: a Python PID 1 ignores SIGTERM (no handler installed), so pods would sit out
-# their whole termination grace period before being killed.
+# tini as PID 1: it reaps the `python -m bytewax.run` children `atpflow run` starts (orphans
+# included, should atpflow die first) and forwards signals to atpflow, which passes them on.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends tini \
     && rm -rf /var/lib/apt/lists/*

@@ -110,6 +110,12 @@ def _cmd_recovery_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from dataflows.demo import run_demo
+
+    return run_demo()
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from dataflows.runner import run_flows
 
@@ -145,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gaps", type=float, default=0.001, help="share of records lost")
     p.add_argument("--poison", type=float, default=0.001, help="share of poison records")
     p.set_defaults(func=_cmd_generate)
+
+    p = sub.add_parser("demo", help="local broker + sample data + the dataflows, shown live (about 30 s)")
+    p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("run", parents=[common], help="run the dataflows live on Kafka (production entry point)")
     p.add_argument("--flow", choices=[*FLOWS, "all"], default="all")

@@ -84,7 +84,7 @@ def _load(args: argparse.Namespace) -> Config:
 
 
 #: Errors that end a started command with exit code 1 and a one-line message.
-_FAILURES = (MissingTopicError, DeliveryError, FixtureError, KafkaException, TimeoutError)
+_FAILURES = (MissingTopicError, DeliveryError, FixtureError, KafkaException, OSError)
 
 
 def _command(fn: Callable[[argparse.Namespace, Config], int]) -> Handler:
@@ -723,7 +723,7 @@ def _leaf(
     handler: Callable[[argparse.Namespace, Config], int],
     **kw: Any,
 ) -> argparse.ArgumentParser:
-    p = sub.add_parser(name, parents=parents, **kw)
+    p: argparse.ArgumentParser = sub.add_parser(name, parents=parents, **kw)
     p.set_defaults(func=_command(handler), kafka_command=command)
     return p
 

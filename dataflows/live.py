@@ -9,8 +9,13 @@ ones replay runs; only the source and sink differ.
 from __future__ import annotations
 
 import os
+import signal
+import threading
+from datetime import datetime
+from typing import Any
 
 from bytewax.dataflow import Dataflow
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from dataflows.config import Config, load_config
 
@@ -29,12 +34,59 @@ def _stop_at_eof() -> bool:
     return os.environ.get(STOP_AT_EOF_ENV, "").lower() in ("1", "true", "yes")
 
 
+#: Set by SIGTERM: sources end their input, the dataflow drains, sinks flush, exit 0.
+STOPPING = threading.Event()
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    STOPPING.set()
+
+
+class _StoppablePartition(StatefulSourcePartition[Any, Any]):
+    def __init__(self, inner: StatefulSourcePartition[Any, Any]) -> None:
+        self.inner = inner
+
+    def next_batch(self) -> list[Any]:
+        if STOPPING.is_set():
+            raise StopIteration
+        return list(self.inner.next_batch())
+
+    def next_awake(self) -> datetime | None:
+        return self.inner.next_awake()
+
+    def snapshot(self) -> Any:
+        return self.inner.snapshot()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class GracefulSource(FixedPartitionedSource[Any, Any]):
+    """A source that ends cleanly on SIGTERM (how Kubernetes stops a pod).
+
+    Ending the input lets Bytewax finish the epoch: every sink flushes and the
+    recovery store gets a final snapshot, so a restart resumes without a gap.
+    Stateful steps keep their live state at end of input (only replay settles).
+    """
+
+    def __init__(self, inner: FixedPartitionedSource[Any, Any]) -> None:
+        self.inner = inner
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, _on_sigterm)
+
+    def list_parts(self) -> list[str]:
+        return self.inner.list_parts()
+
+    def build_part(self, step_id: str, for_part: str, resume_state: Any) -> _StoppablePartition:
+        return _StoppablePartition(self.inner.build_part(step_id, for_part, resume_state))
+
+
 def availability() -> Dataflow:
     from dataflows.availability import build_availability_flow, input_topics
     from sinks.kafka import KafkaOutputSink, KafkaRawSource
 
     config = live_config()
-    source = KafkaRawSource(config.kafka, input_topics(config), stop_at_eof=_stop_at_eof())
+    source = GracefulSource(KafkaRawSource(config.kafka, input_topics(config), stop_at_eof=_stop_at_eof()))
     return build_availability_flow(config, source, KafkaOutputSink(config.kafka), mode="live")
 
 
@@ -43,5 +95,5 @@ def milestones() -> Dataflow:
     from sinks.kafka import KafkaOutputSink, KafkaRawSource
 
     config = live_config()
-    source = KafkaRawSource(config.kafka, input_topics(config), stop_at_eof=_stop_at_eof())
+    source = GracefulSource(KafkaRawSource(config.kafka, input_topics(config), stop_at_eof=_stop_at_eof()))
     return build_milestones_flow(config, source, KafkaOutputSink(config.kafka), mode="live")

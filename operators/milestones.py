@@ -321,7 +321,7 @@ def screen_scan(
             mem.ids[rid] = d.digest
     mem.last_at = now
     if d.invalid:
-        res.out.append(dead_letter(d.raw, Reason.INVALID_RECORD, d.invalid, rid))
+        res.out.append(dead_letter(d.raw, Reason.INVALID_RECORD, d.invalid, rid or None))
         return False
     if conflict:
         detail = f"scan id {rid!r} already seen for tracking number {rec.tracking_number!r} with a different payload"

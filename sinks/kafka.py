@@ -34,7 +34,7 @@ and a `kafka.extra` override could silently change it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
@@ -312,24 +312,35 @@ def _timestamp(ts: tuple[int, int] | None) -> int | None:
     return ts[1]
 
 
-def to_raw(msg: Message | KafkaSourceMessage) -> RawRecord:
+def _header_pairs(raw: Any) -> tuple[tuple[str, bytes], ...]:
+    if not raw:
+        return ()
+    pairs = raw.items() if isinstance(raw, dict) else raw
+    return tuple(
+        (str(k), v if isinstance(v, bytes) else str(v or "").encode("utf-8")) for k, v in pairs
+    )
+
+
+def to_raw(msg: Message | KafkaSourceMessage[Any, Any]) -> RawRecord:
     """A consumed record (confluent-kafka or Bytewax message) as a `RawRecord`."""
     if isinstance(msg, KafkaSourceMessage):
-        key, value, topic = msg.key, msg.value, msg.topic
-        partition, offset, ts, headers = msg.partition, msg.offset, msg.timestamp, msg.headers
-    else:
-        key, value, topic = msg.key(), msg.value(), msg.topic()
-        partition, offset, ts, headers = (
-            msg.partition(), msg.offset(), msg.timestamp(), msg.headers()
+        return RawRecord(
+            topic=msg.topic or "",
+            partition=msg.partition,
+            offset=msg.offset,
+            key=_key_str(msg.key),
+            value=msg.value,
+            timestamp=_timestamp(msg.timestamp),
+            headers=_header_pairs(msg.headers),
         )
     return RawRecord(
-        topic=topic or "",
-        partition=partition,
-        offset=offset,
-        key=_key_str(key),
-        value=value,
-        timestamp=_timestamp(ts),
-        headers=tuple((k, v if v is not None else b"") for k, v in headers or ()),
+        topic=msg.topic() or "",
+        partition=msg.partition(),
+        offset=msg.offset(),
+        key=_key_str(msg.key()),
+        value=msg.value(),
+        timestamp=_timestamp(msg.timestamp()),
+        headers=_header_pairs(msg.headers()),
     )
 
 
@@ -657,7 +668,7 @@ def iter_records(
     start: Mapping[tuple[str, int], int] | None = None,
     timeout: float = 10.0,
     poll_interval: float = 0.2,
-) -> Iterator[RawRecord]:
+) -> Generator[RawRecord, None, None]:
     """Records of every partition of `topics`, until each partition's end.
 
     The end is the partition-EOF event, not the high watermark (Tansu reports
@@ -675,6 +686,9 @@ def iter_records(
     ]
     consumer = Consumer(settings)
     try:
+        # Leaders known before assign(): otherwise librdkafka waits a fixed 500 ms
+        # before its first offset query (the whole cost of a small read).
+        consumer.list_topics(timeout=timeout)
         consumer.assign(tps)
         pending = {(tp.topic, tp.partition) for tp in tps}
         while follow or pending:

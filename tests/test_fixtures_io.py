@@ -43,7 +43,8 @@ def write(path: Path, lines: list[dict[str, Any]]) -> Path:
 
 
 def test_value_is_avro_encoded_with_the_topic_schema(tmp_path: Path) -> None:
-    f = write(tmp_path / "a.jsonl", [{"topic": WMS, "key": "DC-ATL|ITM-0012345", "value": txn("T1", 1)}])
+    f = write(tmp_path / "a.jsonl",
+              [{"topic": WMS, "key": "DC-ATL|ITM-0012345", "value": txn("T1", 1)}])
     (rec,) = read_fixture(f, SCHEMAS)
     assert rec.value == codec("WmsInventoryTransaction").encode(
         from_json("WmsInventoryTransaction", txn("T1", 1)))
@@ -91,7 +92,8 @@ def test_headers_and_timestamp(tmp_path: Path) -> None:
 
 
 def test_record_line_decodes_or_falls_back_to_b64() -> None:
-    good = codec("WmsInventoryTransaction").encode(from_json("WmsInventoryTransaction", txn("T1", 1)))
+    schema = "WmsInventoryTransaction"
+    good = codec(schema).encode(from_json(schema, txn("T1", 1)))
     line = record_line(RawRecord(WMS, 1, 5, "k", good, 99, (("h", b"v"),)),
                        "WmsInventoryTransaction")
     assert line == {"topic": WMS, "key": "k", "value": txn("T1", 1), "partition": 1, "offset": 5,
@@ -128,7 +130,7 @@ def test_errors_name_file_and_line(tmp_path: Path) -> None:
     with pytest.raises(FixtureError, match=r"g.jsonl:1: no schema known for topic 'nope'"):
         list(read_fixture(g, SCHEMAS))
     h = write(tmp_path / "h.jsonl", [{"topic": WMS, "key": "k", "value": {"txn_id": 5}}])
-    with pytest.raises(FixtureError, match=r"h.jsonl:1: value does not fit WmsInventoryTransaction"):
+    with pytest.raises(FixtureError, match=r"h.jsonl:1: value does not fit WmsInventory"):
         list(read_fixture(h, SCHEMAS))
 
 

@@ -90,6 +90,24 @@ def test_parse_since() -> None:
     assert parse_since("2026-01-01T00:00:00") == now  # naive = UTC
 
 
+def test_register_reuses_the_callers_shared_options() -> None:
+    import argparse
+
+    from dataflows.commands_kafka import register
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config")
+    common.add_argument("--bootstrap")
+    parser = argparse.ArgumentParser(prog="atpflow")
+    register(parser.add_subparsers(dest="command", required=True), parents=[common])
+    args = parser.parse_args(["dead-letters", "replay", "--bootstrap", "h:1", "--config", "c.yaml",
+                              "--reason", "UNKNOWN_ITEM", "--since", "2026-01-01T00:00:00Z"])
+    assert (args.bootstrap, args.config, args.reason) == ("h:1", "c.yaml", ["UNKNOWN_ITEM"])
+    assert args.since == 1_767_225_600_000 and callable(args.func)
+    args = parser.parse_args(["lag", "--group", "g"])
+    assert args.group == "g" and args.connect_timeout == 10
+
+
 # -- topics ---------------------------------------------------------------------
 
 
@@ -292,11 +310,15 @@ def test_dead_letters_list_and_replay_once(
                           "value": value, "source_id": "T9", "gap": None})
 
     with CheckedProducer(broker_config.kafka) as p:
-        p.send(t.dead_letter, "DC-ATL|ITM-9", dead("UNKNOWN_ITEM", t.wms_transactions, 1, 500, b"orig"))
+        unknown = dead("UNKNOWN_ITEM", t.wms_transactions, 1, 500, b"orig")
+        p.send(t.dead_letter, "DC-ATL|ITM-9", unknown)
         # The same original again (a recovery repeat): still one record to replay.
-        p.send(t.dead_letter, "DC-ATL|ITM-9", dead("UNKNOWN_ITEM", t.wms_transactions, 1, 500, b"orig"))
-        p.send(t.dead_letter, "P1|M1", dead("UNDECODABLE", t.erp_documents, 0, 7, b"\x00junk", "P1|M1"))
-        p.send(t.dead_letter, "wms|DC-ATL|ITM-9", dead("SEQUENCE_GAP", t.wms_transactions, None, None, None))
+        p.send(t.dead_letter, "DC-ATL|ITM-9", unknown)
+        p.send(t.dead_letter, "P1|M1",
+               dead("UNDECODABLE", t.erp_documents, 0, 7, b"\x00junk", "P1|M1"))
+        p.send(t.dead_letter, "wms|DC-ATL|ITM-9",
+               dead("SEQUENCE_GAP", t.wms_transactions, None, None, None),
+               timestamp=int(time.time() * 1000) + 1000)  # clearly the newest
 
     code, out, _ = run_cli(capsys, "dead-letters", "list", *bootstrap, "--json")
     listed = json.loads(out)
@@ -375,6 +397,21 @@ def test_lag_from_recovery_snapshots_and_groups(
     code, out, _ = run_cli(capsys, "lag", *bootstrap, "--topic", topic, "--group", "lag-group",
                            "--json")
     assert code == 0 and json.loads(out)["total_lag"] == 3
+
+
+def test_local_broker_freezes_thaws_and_stops_by_pid() -> None:
+    import os
+
+    with LocalBroker() as b:
+        pid = b.pid
+        assert pid is not None and b.running
+        b.freeze()
+        b.thaw()
+        assert AdminClient({"bootstrap.servers": b.bootstrap}).list_topics(timeout=5).brokers
+        b.freeze()  # stop() must still end a frozen broker
+    assert not b.running
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
 
 
 # -- unreachable broker ------------------------------------------------------------------------

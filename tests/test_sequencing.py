@@ -519,17 +519,20 @@ def test_stream_starting_at_five_skips_one_to_four_after_gap_timeout() -> None:
     assert [n in s.state.skipped for n in (1, 2, 3, 4)] == [True, True, False, True]
 
 
-def test_gap_deadline_restarts_when_the_stream_advances_onto_a_new_gap() -> None:
+def test_gap_left_after_the_stream_advances_still_skips_after_a_timeout() -> None:
     s = new_sequencer(gap_timeout=30)
     feed(s, txn(1))
     feed(s, txn(3), txn(5), now=NOW)
 
-    feed(s, txn(2), now=NOW + 20)  # 2, 3 apply; 4 is now the open gap
+    filled = feed(s, txn(2), now=NOW + 20)  # 2, 3 apply; 4 is the gap still open
+    early = tick(s, NOW + 29)
+    late = tick(s, NOW + 50)
 
-    assert s.state.next_seq == 4
-    assert s.state.gap_deadline == NOW + 50
-    assert tick(s, NOW + 49).dead == []
-    assert gap_ranges(tick(s, NOW + 50)) == [(4, 4)]
+    assert ids(filled) == ["T2", "T3"]
+    assert s.state.next_seq == 6
+    assert (early.ordered, early.dead) == ([], [])
+    assert ids(late) == ["T5"]
+    assert gap_ranges(late) == [(4, 4)]
 
 
 # -- replayed dead letters --------------------------------------------------------------------
