@@ -320,6 +320,10 @@ def test_dataflows_are_bytewax_clusters(overlay: str, docs: tuple[dict[str, Any]
         for e in (main_env, init_env):
             assert e["BYTEWAX_POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
             assert e["BYTEWAX_STATEFULSET_NAME"]["value"] == name
+        # The init container finds the flow (for its recovery folder) in the pod's label.
+        assert pod_labels(sts)["app.kubernetes.io/component"] == flow
+        assert init_env["DATAFLOW"]["valueFrom"]["fieldRef"]["fieldPath"] == (
+            "metadata.labels['app.kubernetes.io/component']")
         assert main_env["BYTEWAX_DATAFLOW_API_ENABLED"]["value"] == "true"
         assert main_env["BYTEWAX_DATAFLOW_API_PORT"]["value"] == str(API_PORT)
         assert init_env["BYTEWAX_REPLICAS"]["value"] == str(replicas)
@@ -348,6 +352,8 @@ def test_recovery_lives_on_a_claim_template(docs: tuple[dict[str, Any], ...]) ->
         for container in (main_container(sts), init_container(sts)):
             mount = mounts(container).get(recovery_dir, {})
             assert mount.get("name") == claim_name, f"{name}/{container['name']}: {recovery_dir}"
+        # `atpflow run` resumes from <recovery.dir>/<flow>: the partitions must be made there.
+        assert f'recovery="{recovery_dir}/$DATAFLOW"' in init_container(sts)["command"][-1]
 
 
 def test_config_and_credentials_are_mounted(

@@ -7,6 +7,8 @@ import time
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from emulators.fixtures import redis_client, redis_prefix  # noqa: F401 - fixtures
 from sinks.marketplace import BucketSpec, DeadlineExceeded, RedisRateLimiter
@@ -77,7 +79,7 @@ def test_learnt_rate_caps_and_observed_tokens_lower(redis_client: redis.Redis, r
 
 
 def test_falls_back_to_a_local_bucket_without_redis() -> None:
-    dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
+    dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
     errors: list[int] = []
     spec = BucketSpec("offline", 20, 4)
     limiter = RedisRateLimiter(dead, lambda _op: spec, local_fallback_share=0.5,

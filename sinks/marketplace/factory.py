@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import httpx
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from ._metrics import metric
 from .amazon import AmazonAdapter, LwaTokenProvider
@@ -14,7 +16,7 @@ from .resilience import BreakerRegistry
 from .shopify import ShopifyAdapter
 from .transport import ApiCaller
 
-__all__ = ["build_adapter", "build_caller"]
+__all__ = ["build_adapter", "build_caller", "redis_client_for"]
 
 _FALLBACK_LIMIT = RateLimitSpec(rate=1, burst=1)
 
@@ -32,6 +34,16 @@ def _bucket_resolver(channel: ShopifyChannelConfig | AmazonChannelConfig):  # ty
         return BucketSpec(f"amazon:{channel.seller_id}:{channel.marketplace_id}:{operation}", limit.rate, limit.burst)
 
     return resolve
+
+
+def redis_client_for(config: MarketplaceConfig) -> redis.Redis:
+    """A Redis client that fails fast: the limiter falls back to a local bucket rather than wait."""
+    return redis.Redis.from_url(
+        config.redis_url,
+        socket_timeout=1.0,
+        socket_connect_timeout=1.0,
+        retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 1),
+    )
 
 
 def build_caller(

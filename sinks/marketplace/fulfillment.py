@@ -23,7 +23,7 @@ import redis
 from ._metrics import metric
 from .config import MarketplaceConfig, RetryConfig
 from .errors import TransientApiError
-from .factory import build_adapter, build_caller
+from .factory import build_adapter, build_caller, redis_client_for
 from .models import FulfillmentRequest, MarketplaceDeadLetter, PushResult, PushStatus
 from .resilience import guarded_call
 from .sink import DeadLetterCallback, FlushReport
@@ -96,7 +96,7 @@ class FulfillmentSink:
         http_client: httpx.Client | None = None,
     ) -> FulfillmentSink:
         channel = config.channel(channel_id)
-        client = redis_client or redis.Redis.from_url(config.redis_url)
+        client = redis_client or redis_client_for(config)
         caller = build_caller(channel_id, config, client, http_client)
         return cls(
             channel_id,

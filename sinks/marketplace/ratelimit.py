@@ -97,6 +97,9 @@ return 1
 """
 
 _TTL_MS = 3_600_000
+#: After a Redis failure, use the local bucket for this long before trying Redis again: a client
+#: with retries can take seconds to fail, and a flush must not pay that on every call.
+_REDIS_COOLDOWN_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +172,7 @@ class RedisRateLimiter:
         self._observe = client.register_script(_OBSERVE)
         self._local: dict[str, LocalTokenBucket] = {}
         self._local_lock = threading.Lock()
+        self._redis_down_until = 0.0
 
     def key(self, spec: BucketSpec) -> str:
         """The Redis key of a bucket."""
@@ -196,25 +200,27 @@ class RedisRateLimiter:
         if seconds <= 0:
             return
         spec = self._resolve(operation)
-        try:
-            self._penalize(keys=[self.key(spec)], args=[int(seconds * 1000), _TTL_MS])
-        except redis.RedisError:
-            self._redis_failed()
+        if self._redis_usable():
+            try:
+                self._penalize(keys=[self.key(spec)], args=[int(seconds * 1000), _TTL_MS])
+            except redis.RedisError:
+                self._redis_failed()
         self._local_bucket(spec).block(seconds)
 
     def observe(self, operation: str, available: float) -> None:
         """Lower the bucket to what the API reported as currently available."""
         spec = self._resolve(operation)
-        try:
-            self._observe(keys=[self.key(spec)], args=[spec.rate, spec.capacity, available, _TTL_MS])
-        except redis.RedisError:
-            self._redis_failed()
+        if self._redis_usable():
+            try:
+                self._observe(keys=[self.key(spec)], args=[spec.rate, spec.capacity, available, _TTL_MS])
+            except redis.RedisError:
+                self._redis_failed()
         self._local_bucket(spec).lower(available)
 
     def learn_rate(self, operation: str, rate: float) -> None:
         """Cap the operation's rate at ``rate`` for every worker (from a rate-limit header)."""
         spec = self._resolve(operation)
-        if rate <= 0 or rate >= spec.rate:
+        if rate <= 0 or rate >= spec.rate or not self._redis_usable():
             return
         try:
             self._redis.hset(self.key(spec), "rate_cap", str(rate))
@@ -222,6 +228,8 @@ class RedisRateLimiter:
             self._redis_failed()
 
     def _try(self, spec: BucketSpec, cost: float) -> float:
+        if not self._redis_usable():
+            return self._local_bucket(spec).try_take(cost)
         try:
             granted, wait_ms = self._acquire(
                 keys=[self.key(spec)], args=[spec.rate, spec.capacity, cost, _TTL_MS]
@@ -239,7 +247,11 @@ class RedisRateLimiter:
                 self._local[spec.name] = bucket
             return bucket
 
+    def _redis_usable(self) -> bool:
+        return time.monotonic() >= self._redis_down_until
+
     def _redis_failed(self) -> None:
+        self._redis_down_until = time.monotonic() + _REDIS_COOLDOWN_S
         _log.warning("rate limiter: Redis unreachable, using the local fallback bucket")
         if self._on_redis_error is not None:
             self._on_redis_error()

@@ -37,7 +37,7 @@ import redis
 from ._metrics import metric
 from .config import AmazonChannelConfig, MarketplaceConfig, RetryConfig
 from .errors import MarketplaceError, TransientApiError
-from .factory import build_adapter, build_caller
+from .factory import build_adapter, build_caller, redis_client_for
 from .models import InventoryUpdate, MarketplaceDeadLetter, PushResult, PushStatus, record_key
 from .resilience import backoff_delay, guarded_call
 
@@ -164,7 +164,7 @@ class MarketplaceSink:
     ) -> MarketplaceSink:
         """The sink of one configured channel, with its adapter, limiter and breakers."""
         channel = config.channel(channel_id)
-        client = redis_client or redis.Redis.from_url(config.redis_url)
+        client = redis_client or redis_client_for(config)
         caller = build_caller(channel_id, config, client, http_client)
         adapter = build_adapter(channel_id, config, caller)
         return cls(
@@ -518,7 +518,7 @@ class MultiChannelSink:
         redis_client: redis.Redis | None = None,
         dead_letter: DeadLetterCallback | None = None,
     ) -> MultiChannelSink:
-        client = redis_client or redis.Redis.from_url(config.redis_url)
+        client = redis_client or redis_client_for(config)
         return cls({
             channel_id: MarketplaceSink.from_config(config, channel_id, redis_client=client, dead_letter=dead_letter)
             for channel_id in config.channels
