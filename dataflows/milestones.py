@@ -58,9 +58,9 @@ def build_milestones_flow(
 
     flow = Dataflow("milestones")
     raw = op.filter("own_topics", op.input("input", flow, source), lambda r: r.topic in mine)
-    decoded = decode_inputs(
-        "decode", raw, schemas, counted=frozenset({topics.fulfillment_events, topics.carrier_events})
-    )
+    # ref.items is counted by the availability flow, which reads it too.
+    counted = frozenset({topics.fulfillment_events, topics.carrier_events})
+    decoded = decode_inputs("decode", raw, schemas, counted=counted)
     routed = dispatch_step(
         "dispatch", decoded.oks,
         unknown_tracking_timeout=config.unknown_tracking_timeout,

@@ -63,7 +63,9 @@ def run_flows(config: Config, args: argparse.Namespace, flows: list[str]) -> int
     except BrokerUnavailable as exc:
         print(f"atpflow run: {exc}", file=sys.stderr)
         return 2
-    if config.recovery.dir is not None:
+    # In a multi-process cluster only process 0 holds the recovery partitions (Bytewax
+    # spreads them over workers itself), so only a single process or process 0 checks.
+    if config.recovery.dir is not None and not args.process_id:
         missing = [f for f in flows if not any((config.recovery.dir / f).glob("part-*.sqlite3"))]
         if missing:
             print(f"atpflow run: no recovery partitions for {', '.join(missing)} in "

@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import bytewax.operators as op
@@ -58,7 +58,7 @@ _RETAIN = StatefulBatchLogic.RETAIN
 
 
 def _wake(deadline: float | None) -> datetime | None:
-    return None if deadline is None else datetime.fromtimestamp(deadline, tz=timezone.utc)
+    return None if deadline is None else datetime.fromtimestamp(deadline, tz=UTC)
 
 
 @dataclass(frozen=True)

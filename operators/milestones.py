@@ -27,8 +27,10 @@ number, then in the order while that SHIPPED event waits for its turn (reorder b
 item). The `unknown_tracking_timeout` runs from the first park, wherever it happened.
 
 Times: `now` is processing time in epoch seconds, passed in by the engine wrapper. In replay
-nothing expires (`live=False`) and `settle()` runs at end of input; `emitted_at` then takes the
-newest valid event_time the dispatcher has seen, stamped on every message it sends.
+nothing expires (`live=False`) and `settle()` runs at end of input. `emitted_at` is then the
+replay clock: the dispatcher stamps every message with the newest valid event_time it has seen,
+and an order uses the stamp of the last message it received. The dispatcher is one key, so the
+stamps do not depend on the number of workers, and a replay is repeatable byte for byte.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ __all__ = [
     "MAX_QTY",
     "MILESTONE_SCHEMA",
     "ORDER_STAGES",
+    "ROUTE_RETENTION",
     "SCAN_ID_RETENTION",
     "SHIPMENT_STAGES",
     "Dispatcher",
@@ -94,6 +97,10 @@ SHIPMENT_STAGES = ("SHIPPED", "IN_TRANSIT", "OUT_FOR_DELIVERY", "DELIVERED")
 ENDING_SCANS = frozenset({"DELIVERED", "RETURNED_TO_SENDER"})
 #: Scan ids are kept this long after a tracking number's last scan once it can take no more.
 SCAN_ID_RETENTION = 24 * 3600.0
+#: The dispatcher forgets an ended shipment's route this long after its last scan. Until then
+#: a late scan reaches the order and is counted and dropped; after, it parks and goes to the
+#: dead-letter topic as UNKNOWN_TRACKING. Bounds the one-key state by a week of shipments.
+ROUTE_RETENTION = 7 * 24 * 3600.0
 #: Any line over 10^9 base units is INVALID_QUANTITY.
 MAX_QTY = 1_000_000_000
 
@@ -113,7 +120,9 @@ def order_stream_key(rec: Any) -> str:
     return f"fulfillment|{rec.order_ref}"
 
 
-def correlation_id(level: str, order_ref: str, shipment_id: str | None, milestone: str, n: int) -> str:
+def correlation_id(
+    level: str, order_ref: str, shipment_id: str | None, milestone: str, n: int
+) -> str:
     """A milestone's id, the same on every replay and every re-emission after a crash.
 
     Args:
@@ -324,11 +333,17 @@ def screen_scan(
         res.out.append(dead_letter(d.raw, Reason.INVALID_RECORD, d.invalid, rid or None))
         return False
     if conflict:
-        detail = f"scan id {rid!r} already seen for tracking number {rec.tracking_number!r} with a different payload"
+        detail = (
+            f"scan id {rid!r} already seen for tracking number {rec.tracking_number!r} "
+            "with a different payload"
+        )
         res.out.append(dead_letter(d.raw, Reason.CONFLICTING_DUPLICATE, detail, rid))
         return False
     if not _event_time_ok(rec.event_time, now, max_clock_skew):
-        detail = f"event_time {rec.event_time} is before 2000-01-01 or beyond the clock plus max_clock_skew"
+        detail = (
+            f"event_time {rec.event_time} is before 2000-01-01 or beyond the clock plus "
+            "max_clock_skew"
+        )
         res.out.append(dead_letter(d.raw, Reason.INVALID_EVENT_TIME, detail, rid))
         return False
     return True
@@ -356,8 +371,8 @@ class Route:
     """Where a tracking number's scans go."""
 
     order_ref: str
-    #: live: processing time after which the route is forgotten; set once a scan ended the
-    #: shipment, pushed back by every later scan
+    #: live: processing time after which the route is forgotten (ROUTE_RETENTION after the
+    #: last scan, once a scan ended the shipment)
     expires_at: float | None = None
 
 
@@ -467,13 +482,15 @@ class Dispatcher:
                     self._timer(now + self.wait_retention, "wait", line.item)
                 waiting.setdefault(rec.order_ref, now)
         res.out.append((rec.order_ref, FulfillmentIn(rec.order_ref, d, known, st.seen)))
-        if d.invalid is None and rec.status == "SHIPPED":
+        if d.invalid is None and rec.status == "SHIPPED" and rec.tracking_number:
             self._route(rec.tracking_number, rec.order_ref, res)
 
     def _route(self, tracking: str, order_ref: str, res: Result) -> None:
         """A SHIPPED event names `tracking`: its scans go to `order_ref` from now on.
 
-        Tracking numbers are unique per carrier: the first order to name one keeps it.
+        Tracking numbers are unique per carrier: the first order to name one keeps it, until
+        the route expires (`ROUTE_RETENTION` after the shipment ended), so a number a carrier
+        recycles later reaches its new order.
         """
         st = self.state
         if tracking in st.routes:
@@ -485,7 +502,8 @@ class Dispatcher:
         parked = st.parked.pop(tracking, None)
         if parked is not None:
             for _, d in parked.scans:
-                res.out.append((order_ref, ScanIn(order_ref, d, st.seen, parked.since, screened=True)))
+                scan = ScanIn(order_ref, d, st.seen, parked.since, screened=True)
+                res.out.append((order_ref, scan))
 
     def _on_scan(self, d: Decoded, now: float, res: Result) -> None:
         st = self.state
@@ -497,8 +515,8 @@ class Dispatcher:
             res.out.append((route.order_ref, ScanIn(route.order_ref, d, st.seen)))
             if self.live and (route.expires_at is not None or rec.status in ENDING_SCANS):
                 if route.expires_at is None:
-                    self._timer(now + SCAN_ID_RETENTION, "route", t)
-                route.expires_at = now + SCAN_ID_RETENTION
+                    self._timer(now + ROUTE_RETENTION, "route", t)
+                route.expires_at = now + ROUTE_RETENTION
             return
         mem = st.scan_ids.get(t)
         if mem is None:
@@ -518,7 +536,7 @@ class Dispatcher:
         """Run every deadline due at `now` (the engine may wake us early or late)."""
         res = Result()
         st = self.state
-        while st.timers and st.timers[0][0] <= now:
+        while self.live and st.timers and st.timers[0][0] <= now:
             _, kind, key = heapq.heappop(st.timers)
             getattr(self, f"_due_{kind}")(key, now, res)
         return res
@@ -781,7 +799,8 @@ class OrderTracker:
             ))
         if rec.status == "SHIPPED":
             if rec.shipment_id in st.shipments:
-                return letter(Reason.INVALID_RECORD, f"shipment {rec.shipment_id!r} already shipped")
+                detail = f"shipment {rec.shipment_id!r} already shipped"
+                return letter(Reason.INVALID_RECORD, detail)
             if rec.tracking_number in st.by_tracking:
                 other = st.by_tracking[rec.tracking_number]
                 return letter(Reason.INVALID_RECORD, (
@@ -842,6 +861,7 @@ class OrderTracker:
     def _ship(self, d: Decoded, lines: list[Line], now: float, res: Result) -> None:
         st = self.state
         rec: WmsFulfillmentEvent = d.rec
+        assert rec.shipment_id and rec.carrier and rec.tracking_number  # check_fulfillment
         sh = ShipmentState(rec.shipment_id, rec.carrier, rec.tracking_number, lines)
         st.shipments[sh.shipment_id] = sh
         st.by_tracking[sh.tracking] = sh.shipment_id
@@ -963,9 +983,11 @@ class OrderTracker:
 
     # -- time ----------------------------------------------------------------------------------
     def on_time(self, now: float) -> Result:
-        """Run every deadline due at `now` (the engine may wake us early)."""
+        """Run every deadline due at `now` (the engine may wake us early); none in replay."""
         st = self.state
         res = Result()
+        if not self.live:
+            return res
         out = Outcome()
         self.sequencer.on_time(now, out)
         self._take(out, now, res)
@@ -990,7 +1012,9 @@ class OrderTracker:
         st = self.state
         code = st.parked_on
         detail = f"order {st.order_ref} waited for item {code!r}, unknown to the item master {why}"
-        res.out += [dead_letter(d.raw, Reason.UNKNOWN_ITEM, detail, d.rec.record_id) for d in st.parked]
+        res.out += [
+            dead_letter(d.raw, Reason.UNKNOWN_ITEM, detail, d.rec.record_id) for d in st.parked
+        ]
         st.parked, st.parked_since = [], None
 
     def _ids_due(self, t: str) -> float | None:
@@ -1018,6 +1042,8 @@ class OrderTracker:
 
     def next_deadline(self) -> float | None:
         st = self.state
+        if not self.live:
+            return None
         due = [
             st.seq.gap_deadline,
             None if st.parked_since is None else st.parked_since + self.item_timeout,

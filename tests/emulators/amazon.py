@@ -154,6 +154,13 @@ class AmazonEmulator:
             self._process()
             return len(self._queue)
 
+    def wait_processed(self, timeout: float = 2.0) -> bool:
+        """Wait until every accepted submission is applied."""
+        end = time.monotonic() + timeout
+        while self.processing() and time.monotonic() < end:
+            time.sleep(0.02)
+        return self.processing() == 0
+
     def add_order(self, order_id: str, lines: list[tuple[str, int]]) -> None:
         with self._lock:
             self.orders[order_id] = [
