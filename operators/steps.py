@@ -12,10 +12,12 @@ the key), so each state records its key from the first item it sees.
 
 from __future__ import annotations
 
+import time
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import bytewax.operators as op
@@ -54,7 +56,7 @@ RETAIN = StatefulBatchLogic.RETAIN
 
 
 def _wake(deadline: float | None) -> datetime | None:
-    return None if deadline is None else datetime.fromtimestamp(deadline, tz=timezone.utc)
+    return None if deadline is None else datetime.fromtimestamp(deadline, tz=UTC)
 
 
 @dataclass(frozen=True)
@@ -101,61 +103,137 @@ def decode_step(step_id: str, up: Stream[RawRecord], schemas: dict[str, str]) ->
     return split_dead("split", op.flat_map_batch("decode", up, batch))
 
 
-# -- sequencing -----------------------------------------------------------------------------
+# -- sharding -------------------------------------------------------------------------------
+
+#: Stateful steps keep their per-key states in this many shards. One Python call then handles
+#: a whole batch of a shard instead of one call per key (Bytewax's per-key overhead dominated
+#: with many keys). Changing it breaks resuming from existing recovery state.
+SHARDS = 64
 
 
-class _SequenceLogic(StatefulBatchLogic[Decoded, Any, SequencerState]):
-    def __init__(self, seq: Sequencer, mode: Mode, clock: Clock) -> None:
-        self.seq = seq
+def shard_of(key: str) -> str:
+    """Stable across processes and runs (unlike hash())."""
+    return str(zlib.crc32(key.encode()) % SHARDS)
+
+
+class _Shard(StatefulBatchLogic[Any, Any, dict[str, Any]]):
+    """Per-key states of one shard, with the earliest timer among them.
+
+    Subclasses say when a key next needs waking (`deadline`); `deadlines` only holds
+    keys with a pending timer, so the next wake-up stays cheap however many keys the
+    shard holds. Bytewax may wake a shard early or late: `on_notify` re-checks each
+    key's own deadline.
+    """
+
+    def __init__(self, states: dict[str, Any] | None, mode: Mode, clock: Clock) -> None:
+        self.states: dict[str, Any] = states if states is not None else {}
         self.mode = mode
         self.clock = clock
-        self._buffered = seq.buffered
-        self._gap_open = seq.state.gap_deadline is not None
+        self.deadlines: dict[str, float] = {}
+        if mode == "live":
+            for key in self.states:
+                self._track(key)
 
-    def _emit(self, out: Outcome) -> tuple[list[Any], bool]:
-        source = self.seq.state.stream.split("|", 1)[0]
-        if out.duplicates:
-            metrics.DUPLICATES.labels(source).inc(out.duplicates)
-        if out.gaps:
-            metrics.GAP_SKIPS.labels(source).inc(out.gaps)
-        buffered = self.seq.buffered
-        if buffered != self._buffered:
-            metrics.REORDER_BUFFERED.inc(buffered - self._buffered)
-            self._buffered = buffered
-        gap_open = self.seq.state.gap_deadline is not None
-        if gap_open != self._gap_open:
-            metrics.OPEN_GAPS.inc(1 if gap_open else -1)
-            self._gap_open = gap_open
-        return [*out.ordered, *out.dead], RETAIN
+    def deadline(self, key: str) -> float | None:
+        return None
 
-    @override
-    def on_batch(self, values: list[Decoded]) -> tuple[Iterable[Any], bool]:
-        out = Outcome()
-        now = self.clock()
-        for d in values:
-            self.seq.on_record(d, now, out)
-        return self._emit(out)
-
-    @override
-    def on_notify(self) -> tuple[Iterable[Any], bool]:
-        out = Outcome()
-        self.seq.on_time(self.clock(), out)
-        return self._emit(out)
-
-    @override
-    def on_eof(self) -> tuple[Iterable[Any], bool]:
-        out = Outcome()
-        if self.mode == "replay":  # live state stays put for the next run to resume
-            self.seq.skip(out)
-        return self._emit(out)
+    def _track(self, key: str) -> None:
+        if self.mode != "live":
+            return
+        when = self.deadline(key)
+        if when is None:
+            self.deadlines.pop(key, None)
+        else:
+            self.deadlines[key] = when
 
     @override
     def notify_at(self) -> datetime | None:
-        return _wake(self.seq.state.gap_deadline) if self.mode == "live" else None
+        return _wake(min(self.deadlines.values())) if self.deadlines else None
 
     @override
-    def snapshot(self) -> SequencerState:
-        return self.seq.state
+    def snapshot(self) -> dict[str, Any]:
+        return self.states
+
+
+# -- sequencing -----------------------------------------------------------------------------
+
+
+class _SequenceShard(_Shard):
+    def __init__(self, states: dict[str, SequencerState] | None, make: Callable[[SequencerState], Sequencer],
+                 mode: Mode, clock: Clock) -> None:
+        self.make = make
+        self.seqs: dict[str, Sequencer] = {}
+        super().__init__(states, mode, clock)
+
+    def _seq(self, key: str) -> Sequencer:
+        seq = self.seqs.get(key)
+        if seq is None:
+            state = self.states.get(key)
+            if state is None:
+                state = self.states[key] = SequencerState()
+            seq = self.seqs[key] = self.make(state)
+        return seq
+
+    @override
+    def deadline(self, key: str) -> float | None:
+        return self.states[key].gap_deadline
+
+    @override
+    def on_batch(self, values: list[Decoded]) -> tuple[Iterable[Any], bool]:
+        now = self.clock()
+        out = Outcome()
+        buffered = gaps_open = 0
+        dup_sources: Counter[str] = Counter()
+        for d in values:
+            seq = self._seq(d.stream)
+            before_buf, before_gap = seq.buffered, seq.state.gap_deadline is not None
+            dups = out.duplicates
+            seq.on_record(d, now, out)
+            if out.duplicates != dups:
+                dup_sources[d.rec.source] += out.duplicates - dups
+            buffered += seq.buffered - before_buf
+            gaps_open += (seq.state.gap_deadline is not None) - before_gap
+            self._track(d.stream)
+        for source, n in dup_sources.items():
+            metrics.DUPLICATES.labels(source).inc(n)
+        return self._finish(out, buffered, gaps_open), RETAIN
+
+    def _finish(self, out: Outcome, buffered: int, gaps_open: int) -> list[Any]:
+        if buffered:
+            metrics.REORDER_BUFFERED.inc(buffered)
+        if gaps_open:
+            metrics.OPEN_GAPS.inc(gaps_open)
+        for dl in out.dead:
+            if dl.gap is not None:
+                metrics.GAP_SKIPS.labels(dl.gap["stream"].split("|", 1)[0]).inc()
+        return [*out.ordered, *out.dead]
+
+    def _skip(self, keys: list[str], now: float | None) -> list[Any]:
+        out = Outcome()
+        buffered = gaps_open = 0
+        for key in keys:
+            seq = self._seq(key)
+            before_buf, before_gap = seq.buffered, seq.state.gap_deadline is not None
+            if now is None:
+                seq.skip(out)
+            else:
+                seq.on_time(now, out)
+            buffered += seq.buffered - before_buf
+            gaps_open += (seq.state.gap_deadline is not None) - before_gap
+            self._track(key)
+        return self._finish(out, buffered, gaps_open)
+
+    @override
+    def on_notify(self) -> tuple[Iterable[Any], bool]:
+        now = self.clock()
+        due = [k for k, t in self.deadlines.items() if t <= now]
+        return self._skip(due, now), RETAIN
+
+    @override
+    def on_eof(self) -> tuple[Iterable[Any], bool]:
+        if self.mode != "replay":  # live state stays put for the next run to resume
+            return [], RETAIN
+        return self._skip([k for k, st in self.states.items() if st.buffer], None), RETAIN
 
 
 @operator
@@ -171,17 +249,19 @@ def sequence_step(
     clock: Clock,
 ) -> SplitOut:
     """Dedup and reorder per source stream; `oks` are records in sequence order."""
-    keyed = op.key_on("key_stream", up, lambda d: stream_key(d.rec))
 
-    def build(resume: SequencerState | None) -> _SequenceLogic:
-        seq = Sequencer(
-            resume or SequencerState(),
-            gap_timeout=gap_timeout,
-            max_buffered=max_buffered,
-            max_clock_skew=max_clock_skew,
-            stream_key=stream_key,
-        )
-        return _SequenceLogic(seq, mode, clock)
+    def key(d: Decoded) -> str:
+        d.stream = stream_key(d.rec)
+        return shard_of(d.stream)
+
+    keyed = op.key_on("key_stream", up, key)
+
+    def make(state: SequencerState) -> Sequencer:
+        return Sequencer(state, gap_timeout=gap_timeout, max_buffered=max_buffered,
+                         max_clock_skew=max_clock_skew, stream_key=stream_key)
+
+    def build(resume: dict[str, SequencerState] | None) -> _SequenceShard:
+        return _SequenceShard(resume, make, mode, clock)
 
     return split_dead("split", _values("values", op.stateful_batch("sequence", keyed, build)))
 
@@ -214,46 +294,68 @@ def route_items_step(step_id: str, up: Stream[Decoded]) -> Stream[tuple[str, Ite
     return _values("values", op.stateful_batch("route", keyed, _RouterLogic))
 
 
-class _NormaliseLogic(StatefulBatchLogic[Any, Any, CodeState]):
-    def __init__(self, state: CodeState, locations: Locations, timeout: float, mode: Mode, clock: Clock) -> None:
-        self.norm = Normaliser(state, locations, timeout)
-        self.mode = mode
-        self.clock = clock
-        self._parked = self.norm.parked_count
+class _NormaliseShard(_Shard):
+    def __init__(self, states: dict[str, CodeState] | None, locations: Locations, timeout: float,
+                 mode: Mode, clock: Clock) -> None:
+        self.locations = locations
+        self.timeout = timeout
+        self.norms: dict[str, Normaliser] = {}
+        super().__init__(states, mode, clock)
 
-    def _emit(self, out: list[Any]) -> tuple[list[Any], bool]:
-        parked = self.norm.parked_count
-        if parked != self._parked:
-            metrics.PARKED_RECORDS.inc(parked - self._parked)
-            self._parked = parked
-        return out, RETAIN
+    def _norm(self, key: str) -> Normaliser:
+        norm = self.norms.get(key)
+        if norm is None:
+            state = self.states.get(key)
+            if state is None:
+                state = self.states[key] = CodeState()
+            norm = self.norms[key] = Normaliser(state, self.locations, self.timeout)
+        return norm
 
     @override
-    def on_batch(self, values: list[Any]) -> tuple[Iterable[Any], bool]:
+    def deadline(self, key: str) -> float | None:
+        return self._norm(key).next_deadline()
+
+    @override
+    def on_batch(self, values: list[tuple[str, Any]]) -> tuple[Iterable[Any], bool]:
         now = self.clock()
         out: list[Any] = []
-        for v in values:
+        parked = 0
+        for key, v in values:
+            norm = self._norm(key)
+            before = norm.parked_count
             if isinstance(v, Decoded):
-                out += self.norm.on_record(v, v.stream, now)
+                out += norm.on_record(v, v.stream, now)
             else:
-                out += self.norm.on_item(v)
-        return self._emit(out)
+                out += norm.on_item(v)
+            parked += norm.parked_count - before
+            self._track(key)
+        if parked:
+            metrics.PARKED_RECORDS.inc(parked)
+        return out, RETAIN
+
+    def _expire(self, keys: list[str], now: float | None) -> list[Any]:
+        out: list[Any] = []
+        parked = 0
+        for key in keys:
+            norm = self._norm(key)
+            before = norm.parked_count
+            out += norm.expire(now)
+            parked += norm.parked_count - before
+            self._track(key)
+        if parked:
+            metrics.PARKED_RECORDS.inc(parked)
+        return out
 
     @override
     def on_notify(self) -> tuple[Iterable[Any], bool]:
-        return self._emit(self.norm.expire(self.clock()))
+        now = self.clock()
+        return self._expire([k for k, t in self.deadlines.items() if t <= now], now), RETAIN
 
     @override
     def on_eof(self) -> tuple[Iterable[Any], bool]:
-        return self._emit(self.norm.expire(None) if self.mode == "replay" else [])
-
-    @override
-    def notify_at(self) -> datetime | None:
-        return _wake(self.norm.next_deadline()) if self.mode == "live" else None
-
-    @override
-    def snapshot(self) -> CodeState:
-        return self.norm.state
+        if self.mode != "replay":
+            return [], RETAIN
+        return self._expire([k for k, st in self.states.items() if st.parked], None), RETAIN
 
 
 @operator
@@ -269,15 +371,16 @@ def normalise_step(
     clock: Clock,
 ) -> SplitOut:
     """Locations, item master, units: ordered records to movements (or park them)."""
-    def tag(d: Decoded) -> tuple[str, Decoded]:
-        d.stream = stream_key(d.rec)
-        return code_key(d.rec), d
+    def tag(d: Decoded) -> tuple[str, tuple[str, Decoded]]:
+        code = code_key(d.rec)
+        return shard_of(code), (code, d)
 
     records = op.map("tag", ordered, tag)
-    merged = op.merge("merge", records, item_updates)
+    updates = op.map("shard_updates", item_updates, lambda kv: (shard_of(kv[0]), kv))
+    merged = op.merge("merge", records, updates)
 
-    def build(resume: CodeState | None) -> _NormaliseLogic:
-        return _NormaliseLogic(resume or CodeState(), locations, unknown_item_timeout, mode, clock)
+    def build(resume: dict[str, CodeState] | None) -> _NormaliseShard:
+        return _NormaliseShard(resume, locations, unknown_item_timeout, mode, clock)
 
     return split_dead("split", _values("values", op.stateful_batch("normalise", merged, build)))
 
@@ -285,22 +388,39 @@ def normalise_step(
 # -- ATP + channel projection ---------------------------------------------------------------
 
 
-class _ProjectLogic(StatefulBatchLogic[Movement, Any, SkuState]):
+class _ProjectShard(_Shard):
     def __init__(
-        self, state: SkuState, channels: Channels, topic_of: Callable[[str], str],
-        version_clock: Callable[[], int] | None, resumed: bool,
+        self, states: dict[str, SkuState] | None, channels: Channels, topic_of: Callable[[str], str],
+        version_clock: Callable[[], int] | None,
     ) -> None:
-        self.projector = Projector(state, channels, version_clock, resumed=resumed)
+        #: keys restored from a snapshot: their first result is emitted even if unchanged
+        self.resumed = set(states or ())
+        self.channels = channels
         self.topic_of = topic_of
+        self.version_clock = version_clock
+        self.projectors: dict[str, Projector] = {}
+        super().__init__(states, "replay", time.time)  # no timers here
+
+    def _projector(self, sku: str) -> Projector:
+        p = self.projectors.get(sku)
+        if p is None:
+            state = self.states.get(sku)
+            if state is None:
+                state = self.states[sku] = SkuState()
+            p = self.projectors[sku] = Projector(state, self.channels, self.version_clock,
+                                                 resumed=sku in self.resumed)
+        return p
 
     @override
     def on_batch(self, values: list[Movement]) -> tuple[Iterable[Any], bool]:
         out: list[Any] = []
         applied: Counter[str] = Counter()
+        duplicates: Counter[str] = Counter()
         for m in values:
-            result = self.projector.on_movement(m)
+            projector = self._projector(m.sku)
+            result = projector.on_movement(m)
             if result.duplicate:
-                metrics.DUPLICATES.labels(m.source).inc()
+                duplicates[m.source] += 1
                 continue
             if result.late is not None:
                 out.append(result.late)
@@ -310,16 +430,15 @@ class _ProjectLogic(StatefulBatchLogic[Movement, Any, SkuState]):
                 key = r["sku"] if r["location"] is None else f"{r['sku']}|{r['location']}"
                 out.append(Output(self.topic_of(r["channel"]), key, "AvailabilityRecord", r,
                                   m.raw.timestamp, m.event_time))
-            cell = self.projector.state.cells[m.warehouse]
-            if m.kind == "STOCK_SNAPSHOT" and cell.drift is not None:
-                metrics.ATP_DRIFT.observe(cell.drift)
+            if m.kind == "STOCK_SNAPSHOT":
+                drift = projector.state.cells[m.warehouse].drift
+                if drift is not None:
+                    metrics.ATP_DRIFT.observe(drift)
         for source, n in applied.items():
             metrics.RECORDS_APPLIED.labels(source).inc(n)
+        for source, n in duplicates.items():
+            metrics.DUPLICATES.labels(source).inc(n)
         return out, RETAIN
-
-    @override
-    def snapshot(self) -> SkuState:
-        return self.projector.state
 
 
 @operator
@@ -332,9 +451,9 @@ def project_step(
     version_clock: Callable[[], int] | None,
 ) -> SplitOut:
     """Per sku: apply movements to ATP cells, emit changed channel availability."""
-    keyed = op.key_on("key_sku", movements, lambda m: m.sku)
+    keyed = op.key_on("key_sku", movements, lambda m: shard_of(m.sku))
 
-    def build(resume: SkuState | None) -> _ProjectLogic:
-        return _ProjectLogic(resume or SkuState(), channels, topic_of, version_clock, resume is not None)
+    def build(resume: dict[str, SkuState] | None) -> _ProjectShard:
+        return _ProjectShard(resume, channels, topic_of, version_clock)
 
     return split_dead("split", _values("values", op.stateful_batch("project", keyed, build)))

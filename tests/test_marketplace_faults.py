@@ -86,8 +86,7 @@ def _storm_then_outage(
     assert sink.backlog_size == len(keys)  # one (the newest) value per key, nothing lost
     assert sink.stats.dead_letters == dead_before_outage  # an unreachable API burns no budget
     assert max(durations) <= FLUSH_BUDGET_S + 0.35, max(durations)
-    # 4. The API is back: everything converges to the newest value of every key.
-    time.sleep(max(0.0, outage_s - (time.monotonic() - time.monotonic())) * 0 + 0.35)
+    # 4. The API comes back: everything converges to the newest value of every key.
     assert sink.drain(15)
     for (sku, wh), value in final.items():
         assert live_value(sku, wh) == value, (sku, wh)
