@@ -54,11 +54,14 @@ __all__ = [
     "LagRow",
     "check_brokers",
     "compute_lag",
+    "end_offsets",
+    "group_positions",
     "main",
     "parse_since",
     "read_dead_letters",
     "recovery_positions",
     "register",
+    "replay_dead_letters",
     "replayed_markers",
 ]
 

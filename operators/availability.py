@@ -50,7 +50,8 @@ class Cell:
     erp_book: int | None = None
     #: newest event_time applied to this cell
     as_of: int = 0
-    #: highest applied WMS CYCLE_COUNT number / ERP STOCK_SNAPSHOT number
+    #: highest applied WMS number, WMS CYCLE_COUNT number and ERP STOCK_SNAPSHOT number
+    wms_seq: int = 0
     count_seq: int = 0
     snapshot_seq: int = 0
 
@@ -69,6 +70,10 @@ def apply_movement(cell: Cell, m: Movement) -> str | None:
     if m.source == "wms":
         if kind in ON_HAND_KINDS and m.seq < cell.count_seq:
             return f"{kind} #{m.seq} is older than the CYCLE_COUNT #{cell.count_seq} already applied"
+        if kind == "CYCLE_COUNT" and m.seq < cell.wms_seq:
+            return f"CYCLE_COUNT #{m.seq} is older than movement #{cell.wms_seq} already applied"
+        if m.seq > cell.wms_seq:
+            cell.wms_seq = m.seq
         if kind in _ON_HAND_PLUS:
             cell.on_hand += qty
         elif kind in _ON_HAND_MINUS:

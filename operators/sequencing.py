@@ -38,33 +38,47 @@ MAX_SKIPPED_RANGES = 256
 
 @dataclass(slots=True)
 class IdMemory:
-    """Recent (seq -> id, digest) and (id -> seq), pruned below a moving floor."""
+    """Recent payloads of one stream, pruned below a moving floor.
 
-    by_seq: dict[int, tuple[str, bytes]] = field(default_factory=dict)
-    by_id: dict[str, int] = field(default_factory=dict)
+    `payloads` holds every (id, digest) seen in the window (the first record of a
+    number and any dead-lettered ones), so an exact redelivery of anything is
+    recognised; `holders` names the first id of each number and `ids` the newest number
+    an id arrived with, for the conflicting-duplicate checks.
+    """
 
-    def lookup_id(self, rid: str) -> tuple[int, bytes] | None:
-        seq = self.by_id.get(rid)
-        if seq is None:
-            return None
-        return seq, self.by_seq[seq][1]
+    payloads: dict[tuple[str, bytes], int] = field(default_factory=dict)
+    holders: dict[int, str] = field(default_factory=dict)
+    ids: dict[str, int] = field(default_factory=dict)
+
+    def seen(self, rid: str, dig: bytes) -> bool:
+        return (rid, dig) in self.payloads
+
+    def knows_id(self, rid: str) -> bool:
+        return rid in self.ids
 
     def holder_of(self, seq: int) -> str | None:
-        entry = self.by_seq.get(seq)
-        return entry[0] if entry else None
+        return self.holders.get(seq)
 
-    def remember(self, seq: int, rid: str, dig: bytes) -> None:
-        self.by_seq[seq] = (rid, dig)
-        self.by_id[rid] = seq
+    def remember(self, seq: int, rid: str, dig: bytes, *, holds: bool = True) -> None:
+        """Remember a payload; `holds`: it is the record that owns number `seq`."""
+        self.payloads[(rid, dig)] = seq
+        self.ids[rid] = max(seq, self.ids.get(rid, seq))
+        if holds:
+            self.holders.setdefault(seq, rid)
 
     def prune_below(self, floor: int) -> None:
         """Forget numbers below `floor` (called as the stream advances)."""
-        if not self.by_seq or min(self.by_seq) >= floor:
+        if not self.holders or min(self.payloads.values(), default=floor) >= floor:
             return
-        for seq in [s for s in self.by_seq if s < floor]:
-            rid, _ = self.by_seq.pop(seq)
-            if self.by_id.get(rid) == seq:
-                del self.by_id[rid]
+        for pair in [p for p, seq in self.payloads.items() if seq < floor]:
+            del self.payloads[pair]
+        for seq in [s for s in self.holders if s < floor]:
+            del self.holders[seq]
+        for rid in [r for r, seq in self.ids.items() if seq < floor]:
+            del self.ids[rid]
+
+    def __len__(self) -> int:
+        return len(self.payloads)
 
 
 @dataclass(slots=True)
@@ -151,22 +165,24 @@ class Sequencer:
             if not self._reject(d, now, out, conflict=False):
                 out.ordered.append(d)
             return
-        seen = st.memory.lookup_id(rid)
-        if seen is not None and seen[1] == d.digest:
+        memory = st.memory
+        if memory.seen(rid, d.digest):
             out.duplicates += 1
             return
-        holder = st.memory.holder_of(seq)
-        conflict = seen is not None or (holder is not None and holder != rid)
+        holder = memory.holder_of(seq)
+        conflict = memory.knows_id(rid) or (holder is not None and holder != rid)
         fresh_number = seq >= 1 and holder is None and (seq >= st.next_seq or seq in st.skipped)
         if not conflict and not fresh_number and seq >= 1:
             out.duplicates += 1  # at or below what was applied, older than the memory window
             return
         if self._reject(d, now, out, conflict=conflict):
-            if fresh_number and not conflict:
-                st.memory.remember(seq, rid, d.digest)
+            # Dead-lettered: an exact redelivery is a duplicate, and a decoded record still
+            # uses up a fresh number (the stream moves past it, no SEQUENCE_GAP for it).
+            memory.remember(seq if seq >= 1 else st.next_seq, rid, d.digest, holds=fresh_number)
+            if fresh_number:
                 self._take(seq, None, now, out)
             return
-        st.memory.remember(seq, rid, d.digest)
+        memory.remember(seq, rid, d.digest)
         self._take(seq, d, now, out)
 
     def _reject(self, d: Decoded, now: float, out: Outcome, *, conflict: bool) -> bool:

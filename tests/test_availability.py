@@ -208,10 +208,6 @@ def test_older_stock_snapshot_is_superseded() -> None:
     assert (cell.erp_book, cell.snapshot_seq, cell.as_of) == (12, 6, EVENT_T0 + 6)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: a skipped CYCLE_COUNT arriving late (after higher numbers applied) is applied as "
-    "an absolute on_hand instead of LATE_SUPERSEDED when no other CYCLE_COUNT applied; "
-    "apply_movement only compares with count_seq"))
 def test_late_skipped_cycle_count_is_superseded() -> None:
     cell = Cell()
     apply_movement(cell, movement("RECEIPT", 10, seq=2))  # number 1 was skipped

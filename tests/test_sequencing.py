@@ -139,7 +139,7 @@ def test_exact_duplicate_of_the_record_just_applied_is_counted() -> None:
 def test_redelivery_older_than_the_memory_window_is_a_plain_duplicate() -> None:
     s = new_sequencer()
     feed(s, *[txn(n) for n in range(1, 101)])
-    assert 1 not in s.state.memory.by_seq and "T1" not in s.state.memory.by_id
+    assert 1 not in s.state.memory.holders and "T1" not in s.state.memory.ids
 
     exact = feed(s, txn(1))
     changed = feed(s, txn(1, qty=99))  # a different payload, but too old to tell
@@ -216,10 +216,6 @@ def test_same_id_different_seq_is_conflicting() -> None:
     assert ids(conflict) == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: a CONFLICTING_DUPLICATE with a fresh sequence number does not use up its number "
-    "(Sequencer.on_record only calls _take(seq, None) when not conflict), so the stream "
-    "waits and later raises SEQUENCE_GAP for it"))
 def test_conflicting_duplicate_with_a_fresh_number_uses_up_its_number() -> None:
     s = new_sequencer(gap_timeout=30)
     feed(s, txn(1))
@@ -233,9 +229,6 @@ def test_conflicting_duplicate_with_a_fresh_number_uses_up_its_number() -> None:
     assert later.dead == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: an exact redelivery of a record dead-lettered as CONFLICTING_DUPLICATE is "
-    "dead-lettered again instead of being counted as a duplicate"))
 def test_exact_redelivery_of_a_conflicting_duplicate_is_counted() -> None:
     s = new_sequencer()
     feed(s, txn(1, qty=1))
@@ -361,9 +354,6 @@ def test_exact_redelivery_of_a_dead_lettered_record_is_a_duplicate(
     assert (again.dead, again.duplicates, ids(again)) == ([], 1, [])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: an exact redelivery of a record dead-lettered as INVALID_RECORD for seq 0 is "
-    "dead-lettered again (seq < 1 is never remembered), not counted as a duplicate"))
 def test_exact_redelivery_of_an_invalid_seq_zero_record_is_a_duplicate() -> None:
     s = new_sequencer()
     first = feed(s, txn(0, txn_id="Z"))
@@ -573,7 +563,7 @@ def test_replayed_record_is_not_deduplicated_by_the_sequencer() -> None:
     out = feed(s, replayed, replayed)
 
     assert ids(out) == ["R1", "R1"]
-    assert s.state.memory.by_id == {}
+    assert s.state.memory.ids == {}
 
 
 # -- bounded memory ---------------------------------------------------------------------------
@@ -599,12 +589,12 @@ def test_memory_stays_bounded_over_200k_in_order_records() -> None:
         out = Outcome()
         s.on_record(_cheap_txn(n), NOW, out)
         applied += len(out.ordered)
-        biggest = max(biggest, len(memory.by_seq), len(memory.by_id))
+        biggest = max(biggest, len(memory.holders), len(memory.ids))
 
     assert applied == 200_000
     assert biggest == MEMORY_WINDOW
-    assert sorted(memory.by_seq) == list(range(200_001 - MEMORY_WINDOW, 200_001))
-    assert len(memory.by_id) == MEMORY_WINDOW
+    assert sorted(memory.holders) == list(range(200_001 - MEMORY_WINDOW, 200_001))
+    assert len(memory.ids) == MEMORY_WINDOW
     assert s.state.buffer == {}
 
 
@@ -620,8 +610,8 @@ def test_memory_stays_bounded_by_window_plus_buffer_when_reordered() -> None:
             s.on_record(_cheap_txn(n), NOW, out)
             applied += len(out.ordered)
             limit = MEMORY_WINDOW + len(s.state.buffer)
-            worst_excess = max(worst_excess, len(memory.by_seq) - limit,
-                               len(memory.by_id) - limit)
+            worst_excess = max(worst_excess, len(memory.holders) - limit,
+                               len(memory.ids) - limit)
 
     assert applied == 40_000
     assert worst_excess <= 0
@@ -640,7 +630,7 @@ def test_many_gaps_keep_the_skip_set_bounded() -> None:
 
     assert gaps == 1999
     assert len(s.state.skipped.ranges) == MAX_SKIPPED_RANGES
-    assert len(s.state.memory.by_seq) <= MEMORY_WINDOW
+    assert len(s.state.memory.holders) <= MEMORY_WINDOW
     newest_skipped = 3998
     late = feed(s, _cheap_txn(newest_skipped))
     oldest = feed(s, _cheap_txn(2))
@@ -656,26 +646,29 @@ def test_id_memory_lookup_holder_and_prune() -> None:
     m.remember(1, "A", b"a")
     m.remember(2, "B", b"b")
     m.remember(3, "C", b"c")
+    m.remember(3, "D", b"d", holds=False)  # a dead-lettered conflict: remembered, holds nothing
 
-    assert m.lookup_id("B") == (2, b"b")
-    assert m.lookup_id("Z") is None
+    assert m.seen("B", b"b") and not m.seen("B", b"x")
+    assert m.knows_id("D") and not m.knows_id("Z")
     assert (m.holder_of(3), m.holder_of(4)) == ("C", None)
 
     m.prune_below(3)
 
-    assert m.by_seq == {3: ("C", b"c")}
-    assert m.by_id == {"C": 3}
+    assert m.holders == {3: "C"}
+    assert m.ids == {"C": 3, "D": 3}
+    assert m.payloads == {("C", b"c"): 3, ("D", b"d"): 3}
 
 
 def test_id_memory_prune_keeps_an_id_remembered_under_a_newer_number() -> None:
     m = IdMemory()
     m.remember(1, "A", b"a")
-    m.remember(5, "A", b"a")
+    m.remember(5, "A", b"x", holds=False)
 
     m.prune_below(2)
 
-    assert m.by_seq == {5: ("A", b"a")}
-    assert m.by_id == {"A": 5}
+    assert m.holders == {}
+    assert m.ids == {"A": 5}
+    assert m.payloads == {("A", b"x"): 5}
 
 
 def test_skip_set_membership_and_remove_splits_ranges() -> None:

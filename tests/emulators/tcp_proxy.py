@@ -40,10 +40,12 @@ class TcpProxy:
     def stop(self) -> None:
         self._running = False
         if self._listener is not None:
-            try:
-                self._listener.close()
-            except OSError:
-                pass
+            # shutdown() wakes the thread blocked in accept(); close() alone would not.
+            for action in (lambda s: s.shutdown(socket.SHUT_RDWR), lambda s: s.close()):
+                try:
+                    action(self._listener)
+                except OSError:
+                    pass
             self._listener = None
         with self._lock:
             conns, self._conns = self._conns, []
@@ -59,6 +61,9 @@ class TcpProxy:
             try:
                 client, _ = listener.accept()
             except OSError:
+                return
+            if not self._running or listener is not self._listener:
+                client.close()
                 return
             try:
                 upstream = socket.create_connection(self.target, timeout=2)
