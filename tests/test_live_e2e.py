@@ -155,8 +155,12 @@ def _item(sku: str, item: str) -> dict:
 def test_gap_that_never_fills_is_dead_lettered_within_gap_timeout(live: Config, live_config_path: Path,
                                                                    tmp_path: Path) -> None:
     _publish_lines(live_config_path, tmp_path, [_item("SKU-GAP", "ITM-GAP"), _wms("G1", "ITM-GAP", 1)])
-    published = time.time()
     _publish_lines(live_config_path, tmp_path, [_wms("G3", "ITM-GAP", 3)])
+    # The gap opens when G3 reaches the broker: its own timestamp is the start of the clock.
+    g3 = [r for r in iter_records(live.kafka, [live.topics.wms_transactions])
+          if codec("WmsInventoryTransaction").decode(r.value)["txn_id"] == "G3"]
+    assert g3 and g3[0].timestamp is not None
+    published = g3[0].timestamp / 1000
 
     def gap_letter():  # type: ignore[no-untyped-def]
         for raw in iter_records(live.kafka, [live.topics.dead_letter]):
