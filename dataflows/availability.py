@@ -8,7 +8,6 @@ parked streams settle at end of input, versions count from 1) and the clock.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
@@ -16,13 +15,13 @@ from bytewax.inputs import Source
 from bytewax.outputs import Sink
 
 from dataflows.config import Config
-from operators import metrics
 from operators.decode import Decoded
 from operators.normalise import stream_key
-from operators.records import DeadLetter, Output, Reason, dead_letter
+from operators.records import DeadLetter, Reason, dead_letter
 from operators.steps import (
     Clock,
     Mode,
+    dead_letter_records,
     decode_step,
     emit,
     normalise_step,
@@ -32,22 +31,12 @@ from operators.steps import (
     split_dead,
 )
 
-__all__ = ["build_availability_flow", "dead_letter_output", "input_topics"]
+__all__ = ["build_availability_flow", "input_topics"]
 
 
 def input_topics(config: Config) -> list[str]:
     t = config.topics
     return [t.wms_transactions, t.erp_documents, t.items]
-
-
-def dead_letter_output(topic: str) -> Callable[[DeadLetter], Output]:
-    """Dead letters to records for the dead-letter topic, counted by reason."""
-
-    def to_output(dl: DeadLetter) -> Output:
-        metrics.DEAD_LETTERS.labels(dl.reason).inc()
-        return Output(topic, dl.key, "DeadLetter", dl.as_avro())
-
-    return to_output
 
 
 def _validate_item(d: Decoded) -> Decoded | DeadLetter:
@@ -93,6 +82,6 @@ def build_availability_flow(
     dead: Stream[DeadLetter] = op.merge(
         "dead", decoded.errs, items.errs, ordered.errs, movements.errs, projected.errs
     )
-    letters = op.map("dead_letter_records", dead, dead_letter_output(topics.dead_letter))
+    letters = dead_letter_records("dead_letter_records", dead, topics.dead_letter)
     emit("output", op.merge("all_out", projected.oks, letters), sink)
     return flow

@@ -16,9 +16,9 @@ from bytewax.inputs import Source
 from bytewax.outputs import Sink
 
 from dataflows.config import Config
-from operators import metrics
 from operators.milestone_steps import Clock, Mode, decode_inputs, dispatch_step, orders_step
-from operators.records import DeadLetter, Output
+from operators.records import DeadLetter
+from operators.steps import dead_letter_records, emit
 
 __all__ = ["build_milestones_flow", "input_topics"]
 
@@ -82,11 +82,6 @@ def build_milestones_flow(
     # ref.items is the availability flow's to dead-letter: one dead letter per input record.
     undecodable = op.filter("not_items", decoded.errs, lambda dl: dl.topic != topics.items)
     dead: Stream[DeadLetter] = op.merge("dead", undecodable, routed.errs, milestones.errs)
-
-    def letter(dl: DeadLetter) -> Output:
-        metrics.DEAD_LETTERS.labels(dl.reason).inc()
-        return Output(dead_topic, dl.key, "DeadLetter", dl.as_avro())
-
-    letters = op.map("dead_letter_records", dead, letter)
-    op.output("output", op.merge("all_out", milestones.oks, letters), sink)
+    letters = dead_letter_records("dead_letter_records", dead, dead_topic)
+    emit("output", op.merge("all_out", milestones.oks, letters), sink)
     return flow

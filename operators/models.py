@@ -9,9 +9,8 @@ and are checked later, in the contract's order.
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Literal
-
 from decimal import Decimal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 

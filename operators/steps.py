@@ -40,6 +40,7 @@ __all__ = [
     "DecodeOut",
     "Mode",
     "SplitOut",
+    "dead_letter_records",
     "decode_step",
     "emit",
     "normalise_step",
@@ -77,6 +78,17 @@ def emit(step_id: str, up: Stream[Output], sink: Any) -> None:
         op.output("partitioned", op.key_on("route", up, lambda o: o.key or ""), sink)
     else:
         op.output("output", up, sink)
+
+
+@operator
+def dead_letter_records(step_id: str, up: Stream[DeadLetter], topic: str) -> Stream[Output]:
+    """Dead letters as records for the dead-letter topic, counted by reason."""
+
+    def to_output(dl: DeadLetter) -> Output:
+        metrics.DEAD_LETTERS.labels(dl.reason).inc()
+        return Output(topic, dl.key, "DeadLetter", dl.as_avro())
+
+    return op.map("to_output", up, to_output)
 
 
 @operator

@@ -112,7 +112,9 @@ class RedisViewWriter:
     the same key replaces them meanwhile.
     """
 
-    def __init__(self, client: redis.Redis, *, prefix: str = "atpflow", batch_size: int = 500) -> None:
+    def __init__(
+        self, client: redis.Redis, *, prefix: str = "atpflow", batch_size: int = 500
+    ) -> None:
         self.keys = ViewKeys(prefix)
         self._redis = client
         self._batch = batch_size
@@ -122,7 +124,11 @@ class RedisViewWriter:
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = "atpflow", **kwargs: Any) -> RedisViewWriter:
-        return cls(redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2), prefix=prefix, **kwargs)
+        return cls(
+            redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2),
+            prefix=prefix,
+            **kwargs,
+        )
 
     @property
     def pending_count(self) -> int:
@@ -157,13 +163,18 @@ class RedisViewWriter:
             except redis.RedisError as exc:
                 # Redis is away: everything not yet written stays pending for the next flush.
                 report.errors += len(slots) - start
-                _log.warning("Redis view flush failed (%s); %d records stay pending", type(exc).__name__,
-                             len(slots) - start)
+                _log.warning(
+                    "Redis view flush failed (%s); %d records stay pending",
+                    type(exc).__name__,
+                    len(slots) - start,
+                )
                 break
             for ((channel, key), record), result in zip(batch, results, strict=True):
                 if isinstance(result, Exception):
                     report.errors += 1
-                    _log.warning("Redis view write of %s/%s failed: %s", channel, key, type(result).__name__)
+                    _log.warning(
+                        "Redis view write of %s/%s failed: %s", channel, key, type(result).__name__
+                    )
                     continue
                 if int(result) == 1:
                     report.written += 1
@@ -177,7 +188,9 @@ class RedisViewWriter:
         report.pending = len(self._pending)
         return report
 
-    def _call(self, channel: str, key: str, record: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    def _call(
+        self, channel: str, key: str, record: Mapping[str, Any]
+    ) -> tuple[list[str], list[str]]:
         sku = str(record["sku"])
         location = record.get("location")
         previous = record.get("previous")
@@ -197,6 +210,10 @@ class RedisViewWriter:
         for cell in record.get("warehouses") or ():
             args.append(str(cell["warehouse"]))
             args.append(json.dumps(dict(cell), separators=(",", ":"), sort_keys=True))
-        keys = [self.keys.avail(channel, key), self.keys.atp(channel, sku), self.keys.index(channel, sku),
-                self.keys.channels()]
+        keys = [
+            self.keys.avail(channel, key),
+            self.keys.atp(channel, sku),
+            self.keys.index(channel, sku),
+            self.keys.channels(),
+        ]
         return keys, args

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -137,20 +138,36 @@ def _warehouses(raw: Mapping[Any, Any], wanted: str | None) -> list[WarehouseAtp
 class _Reader:
     """Reads the view; two round trips at most per request, however many skus."""
 
-    def __init__(self, client: aioredis.Redis, keys: ViewKeys) -> None:
+    def __init__(self, client: aioredis.Redis, keys: ViewKeys, channel_ttl_s: float = 2.0) -> None:
         self.redis = client
         self.keys = keys
+        self._channel_ttl = channel_ttl_s
+        self._channels: frozenset[str] = frozenset()
+        self._channels_at = -1e9
 
     async def channel_known(self, channel: str) -> bool:
-        return bool(await self.redis.sismember(self.keys.channels(), channel))
+        # The channel set changes only when a channel is added: cache it briefly instead of
+        # paying a round trip per lookup. A name not in the cache re-reads it, at most every 50 ms
+        # (so a flood of unknown names cannot hammer Redis).
+        age = time.monotonic() - self._channels_at
+        if age > self._channel_ttl or (channel not in self._channels and age > 0.05):
+            members = await self.redis.smembers(self.keys.channels())
+            self._channels = frozenset(_text(m) or "" for m in members)
+            self._channels_at = time.monotonic()
+        return channel in self._channels
 
-    async def lookup(self, channel: str, skus: list[str], location: str | None) -> dict[str, SkuAvailability]:
+    async def lookup(
+        self, channel: str, skus: list[str], location: str | None
+    ) -> dict[str, SkuAvailability]:
         pipe = self.redis.pipeline(transaction=False)
         if location is None:
             for sku in skus:
                 pipe.smembers(self.keys.index(channel, sku))
             members = await pipe.execute()
-            keys_by_sku = {sku: sorted(_text(m) or "" for m in found) for sku, found in zip(skus, members, strict=True)}
+            keys_by_sku = {
+                sku: sorted(_text(m) or "" for m in found)
+                for sku, found in zip(skus, members, strict=True)
+            }
         else:
             keys_by_sku = {sku: [f"{sku}|{location}"] for sku in skus}
         pipe = self.redis.pipeline(transaction=False)
@@ -207,8 +224,11 @@ def create_app(
         if not await reader.channel_known(channel):
             raise HTTPException(status_code=404, detail=f"unknown channel {channel!r}")
 
-    @app.get("/v1/availability/{channel}/{sku}", response_model=SkuAvailability,
-             responses={404: {"description": "unknown channel, sku or location"}})
+    @app.get(
+        "/v1/availability/{channel}/{sku}",
+        response_model=SkuAvailability,
+        responses={404: {"description": "unknown channel, sku or location"}},
+    )
     async def get_availability(
         channel: Annotated[str, Path(min_length=1, max_length=200)],
         sku: Annotated[str, Path(min_length=1, max_length=200)],
@@ -218,15 +238,26 @@ def create_app(
         found = await reader.lookup(channel, [sku], location)
         if sku not in found:
             what = f"sku {sku!r}" + (f" at {location!r}" if location else "")
-            raise HTTPException(status_code=404, detail=f"{what} has no availability in {channel!r}")
+            raise HTTPException(
+                status_code=404, detail=f"{what} has no availability in {channel!r}"
+            )
         return found[sku]
 
-    @app.get("/v1/availability/{channel}", response_model=BatchAvailability,
-             responses={404: {"description": "unknown channel"}})
+    @app.get(
+        "/v1/availability/{channel}",
+        response_model=BatchAvailability,
+        responses={404: {"description": "unknown channel"}},
+    )
     async def get_batch(
         channel: Annotated[str, Path(min_length=1, max_length=200)],
-        sku: Annotated[list[str], Query(min_length=1, max_length=MAX_BATCH,
-                                        description=f"repeat for each sku, at most {MAX_BATCH}")],
+        sku: Annotated[
+            list[str],
+            Query(
+                min_length=1,
+                max_length=MAX_BATCH,
+                description=f"repeat for each sku, at most {MAX_BATCH}",
+            ),
+        ],
         location: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
     ) -> BatchAvailability:
         await _require_channel(channel)
@@ -243,7 +274,9 @@ def create_app(
         try:
             await client.ping()
         except Exception as exc:  # noqa: BLE001 - any failure means "not healthy"
-            return JSONResponse({"status": "unavailable", "redis": type(exc).__name__}, status_code=503)
+            return JSONResponse(
+                {"status": "unavailable", "redis": type(exc).__name__}, status_code=503
+            )
         return JSONResponse({"status": "ok"})
 
     @app.exception_handler(aioredis.RedisError)
@@ -256,7 +289,9 @@ def create_app(
 def serve(config: ServeConfig | Mapping[str, Any]) -> None:
     """Run the lookup service in the foreground (uvicorn, one process)."""
     cfg = config if isinstance(config, ServeConfig) else ServeConfig.model_validate(dict(config))
-    app = create_app(redis_url=cfg.redis_url, prefix=cfg.redis_prefix, max_connections=cfg.redis_max_connections)
+    app = create_app(
+        redis_url=cfg.redis_url, prefix=cfg.redis_prefix, max_connections=cfg.redis_max_connections
+    )
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level, access_log=False)
 
 

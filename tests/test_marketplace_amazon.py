@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 import redis
-
 from emulators.amazon import AmazonEmulator
 from emulators.fixtures import (  # noqa: F401 - fixtures
     AMAZON_CLIENT_SECRET,
@@ -22,6 +21,7 @@ from emulators.fixtures import (  # noqa: F401 - fixtures
     secrets_env,
 )
 from emulators.records import availability_record, last_per_key, record_stream
+
 from sinks.marketplace import (
     FulfillmentSink,
     MarketplaceDeadLetter,
@@ -36,22 +36,38 @@ CHANNEL = "amazon-us"
 
 
 def _config(emulator: AmazonEmulator, prefix: str, **overrides: Any):  # type: ignore[no-untyped-def]
-    return load_marketplace_config(marketplace_config(prefix, amazon_us=amazon_channel(emulator.url, **overrides)))
+    return load_marketplace_config(
+        marketplace_config(prefix, amazon_us=amazon_channel(emulator.url, **overrides))
+    )
 
 
-def _sink(emulator: AmazonEmulator, client: redis.Redis, prefix: str, dead: list[MarketplaceDeadLetter],
-          **overrides: Any) -> MarketplaceSink:
-    return MarketplaceSink.from_config(_config(emulator, prefix, **overrides), CHANNEL, redis_client=client,
-                                       dead_letter=dead.append)
+def _sink(
+    emulator: AmazonEmulator,
+    client: redis.Redis,
+    prefix: str,
+    dead: list[MarketplaceDeadLetter],
+    **overrides: Any,
+) -> MarketplaceSink:
+    return MarketplaceSink.from_config(
+        _config(emulator, prefix, **overrides),
+        CHANNEL,
+        redis_client=client,
+        dead_letter=dead.append,
+    )
 
 
 def test_end_to_end_with_pending_submissions_and_settle_time(
-    amazon_emulator: AmazonEmulator, redis_client: redis.Redis, redis_prefix: str, secrets_env: dict[str, str]
+    amazon_emulator: AmazonEmulator,
+    redis_client: redis.Redis,
+    redis_prefix: str,
+    secrets_env: dict[str, str],
 ) -> None:
     dead: list[MarketplaceDeadLetter] = []
     settle = 0.4
     sink = _sink(amazon_emulator, redis_client, redis_prefix, dead, settle_s=settle)
-    records = record_stream(CHANNEL, [(f"SKU-{n}", None) for n in range(12)], max_versions=4, seed=5)
+    records = record_stream(
+        CHANNEL, [(f"SKU-{n}", None) for n in range(12)], max_versions=4, seed=5
+    )
     for start in range(0, len(records), 10):
         sink.add_many(records[start : start + 10])
         sink.flush()
@@ -71,7 +87,10 @@ def test_end_to_end_with_pending_submissions_and_settle_time(
 
 
 def test_settled_submissions_are_read_back_and_drift_repaired(
-    amazon_emulator: AmazonEmulator, redis_client: redis.Redis, redis_prefix: str, secrets_env: dict[str, str]
+    amazon_emulator: AmazonEmulator,
+    redis_client: redis.Redis,
+    redis_prefix: str,
+    secrets_env: dict[str, str],
 ) -> None:
     sink = _sink(amazon_emulator, redis_client, redis_prefix, [], settle_s=0.3)
     records = [availability_record(CHANNEL, f"SKU-{n}", None, 10 + n, 1) for n in range(4)]
@@ -86,7 +105,10 @@ def test_settled_submissions_are_read_back_and_drift_repaired(
 
 
 def test_lwa_token_is_fetched_cached_and_refreshed(
-    amazon_emulator: AmazonEmulator, redis_client: redis.Redis, redis_prefix: str, secrets_env: dict[str, str],
+    amazon_emulator: AmazonEmulator,
+    redis_client: redis.Redis,
+    redis_prefix: str,
+    secrets_env: dict[str, str],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
@@ -105,8 +127,12 @@ def test_lwa_token_is_fetched_cached_and_refreshed(
 
 
 def test_wrong_lwa_credentials_keep_the_backlog(
-    amazon_emulator: AmazonEmulator, redis_client: redis.Redis, redis_prefix: str, secrets_env: dict[str, str],
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+    amazon_emulator: AmazonEmulator,
+    redis_client: redis.Redis,
+    redis_prefix: str,
+    secrets_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
     wrong = "Atzr|wrong-refresh-token-0123456789"
@@ -124,15 +150,25 @@ def test_429_with_usage_plan_header_slows_every_worker_down(
     redis_client: redis.Redis, redis_prefix: str, secrets_env: dict[str, str]
 ) -> None:
     emulator = AmazonEmulator(
-        seller_id="A2SELLER", marketplace_id="ATVPDKIKX0DER", client_id=secrets_env["TEST_LWA_CLIENT_ID"],
-        client_secret=AMAZON_CLIENT_SECRET, refresh_token=AMAZON_REFRESH_TOKEN,
-        limits={"patchListingsItem": (8.0, 2.0)}, processing_delay=(0.01, 0.05),
+        seller_id="A2SELLER",
+        marketplace_id="ATVPDKIKX0DER",
+        client_id=secrets_env["TEST_LWA_CLIENT_ID"],
+        client_secret=AMAZON_CLIENT_SECRET,
+        refresh_token=AMAZON_REFRESH_TOKEN,
+        limits={"patchListingsItem": (8.0, 2.0)},
+        processing_delay=(0.01, 0.05),
     )
     with emulator:
         dead: list[MarketplaceDeadLetter] = []
         # Configured far above what the account really has: the API's 429s must teach us.
-        sink = _sink(emulator, redis_client, redis_prefix, dead, settle_s=0,
-                     rate_limits={"patchListingsItem": {"rate": 50, "burst": 20}})
+        sink = _sink(
+            emulator,
+            redis_client,
+            redis_prefix,
+            dead,
+            settle_s=0,
+            rate_limits={"patchListingsItem": {"rate": 50, "burst": 20}},
+        )
         records = [availability_record(CHANNEL, f"SKU-{n}", None, n, 1) for n in range(16)]
         sink.add_many(records)
         assert sink.drain(15) and emulator.wait_processed()
@@ -142,15 +178,21 @@ def test_429_with_usage_plan_header_slows_every_worker_down(
         assert throttled >= 1
         assert not dead
         bucket = f"{redis_prefix}:ratelimit:amazon:A2SELLER:ATVPDKIKX0DER:patchListingsItem"
-        assert float(redis_client.hget(bucket, "rate_cap") or 0) == 8.0  # learnt from x-amzn-RateLimit-Limit
+        assert (
+            float(redis_client.hget(bucket, "rate_cap") or 0) == 8.0
+        )  # learnt from x-amzn-RateLimit-Limit
 
 
 def test_unknown_listing_is_dead_lettered_with_the_answer(
     redis_client: redis.Redis, redis_prefix: str, secrets_env: dict[str, str]
 ) -> None:
     emulator = AmazonEmulator(
-        seller_id="A2SELLER", marketplace_id="ATVPDKIKX0DER", client_id=secrets_env["TEST_LWA_CLIENT_ID"],
-        client_secret=AMAZON_CLIENT_SECRET, refresh_token=AMAZON_REFRESH_TOKEN, auto_create=False,
+        seller_id="A2SELLER",
+        marketplace_id="ATVPDKIKX0DER",
+        client_id=secrets_env["TEST_LWA_CLIENT_ID"],
+        client_secret=AMAZON_CLIENT_SECRET,
+        refresh_token=AMAZON_REFRESH_TOKEN,
+        auto_create=False,
         limits={"patchListingsItem": (20.0, 10.0)},
     )
     emulator.add_listing("SKU-1", 0)
@@ -167,13 +209,20 @@ def test_unknown_listing_is_dead_lettered_with_the_answer(
 
 
 def test_shipment_confirmation_is_idempotent_per_package(
-    amazon_emulator: AmazonEmulator, redis_client: redis.Redis, redis_prefix: str, secrets_env: dict[str, str]
+    amazon_emulator: AmazonEmulator,
+    redis_client: redis.Redis,
+    redis_prefix: str,
+    secrets_env: dict[str, str],
 ) -> None:
     amazon_emulator.add_order("111-2222222-3333333", [("SKU-1", 2), ("SKU-2", 1)])
     config = _config(amazon_emulator, redis_prefix, carrier_codes={"UPS": "UPS"})
     request = {
-        "channel": CHANNEL, "channel_order_id": "111-2222222-3333333", "shipment_id": "SHP-1", "carrier": "UPS",
-        "tracking_number": "1Z0001", "lines": [{"sku": "SKU-1", "qty": 2}, {"sku": "SKU-2", "qty": 1}],
+        "channel": CHANNEL,
+        "channel_order_id": "111-2222222-3333333",
+        "shipment_id": "SHP-1",
+        "carrier": "UPS",
+        "tracking_number": "1Z0001",
+        "lines": [{"sku": "SKU-1", "qty": 2}, {"sku": "SKU-2", "qty": 1}],
         "shipped_at": 1767225600000,
     }
     for _ in range(2):  # a restarted worker pushes the same milestone again
@@ -187,18 +236,35 @@ def test_shipment_confirmation_is_idempotent_per_package(
     assert package["carrierCode"] == "UPS" and package["trackingNumber"] == "1Z0001"
     assert package["shipDate"] == "2026-01-01T00:00:00Z"
     assert sorted((i["orderItemId"], i["quantity"]) for i in package["orderItems"]) == [
-        ("1112222222333333300" + "1", 2), ("1112222222333333300" + "2", 1)]
+        ("1112222222333333300" + "1", 2),
+        ("1112222222333333300" + "2", 1),
+    ]
     assert amazon_emulator.log.count(operation="confirmShipment", note="edited") == 1
 
 
 def test_confirmation_for_unknown_order_is_dead_lettered(
-    amazon_emulator: AmazonEmulator, redis_client: redis.Redis, redis_prefix: str, secrets_env: dict[str, str]
+    amazon_emulator: AmazonEmulator,
+    redis_client: redis.Redis,
+    redis_prefix: str,
+    secrets_env: dict[str, str],
 ) -> None:
     dead: list[MarketplaceDeadLetter] = []
-    sink = FulfillmentSink.from_config(_config(amazon_emulator, redis_prefix), CHANNEL, redis_client=redis_client,
-                                       dead_letter=dead.append)
-    sink.add({"channel": CHANNEL, "channel_order_id": "999", "shipment_id": "7", "carrier": "Acme Freight",
-              "tracking_number": "T1", "lines": [{"sku": "SKU-1", "qty": 1}]})
+    sink = FulfillmentSink.from_config(
+        _config(amazon_emulator, redis_prefix),
+        CHANNEL,
+        redis_client=redis_client,
+        dead_letter=dead.append,
+    )
+    sink.add(
+        {
+            "channel": CHANNEL,
+            "channel_order_id": "999",
+            "shipment_id": "7",
+            "carrier": "Acme Freight",
+            "tracking_number": "T1",
+            "lines": [{"sku": "SKU-1", "qty": 1}],
+        }
+    )
     assert sink.drain(5)
     assert [(d.reason, d.code) for d in dead] == [("REJECTED", "ORDER_NOT_FOUND")]
     assert dead[0].extra["tracking_number"] == "T1"

@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 import redis
-
 from emulators.amazon import AmazonEmulator
 from emulators.fixtures import (  # noqa: F401 - fixtures
     AMAZON_CLIENT_ID,
@@ -30,6 +29,7 @@ from emulators.fixtures import (  # noqa: F401 - fixtures
 )
 from emulators.records import availability_record
 from emulators.shopify import ShopifyEmulator
+
 from sinks.marketplace import MarketplaceDeadLetter, MarketplaceSink, load_marketplace_config
 
 pytestmark = pytest.mark.redis
@@ -43,7 +43,10 @@ def _dead_letter_metric(channel: str) -> float:
 
     import operators.metrics  # noqa: F401 - registers the metrics
 
-    return REGISTRY.get_sample_value("atpflow_marketplace_dead_letters_total", {"channel": channel}) or 0.0
+    return (
+        REGISTRY.get_sample_value("atpflow_marketplace_dead_letters_total", {"channel": channel})
+        or 0.0
+    )
 
 
 def _flush_for(sink: MarketplaceSink, seconds: float) -> list[float]:
@@ -74,11 +77,15 @@ def _storm_then_outage(
     dead_after_storm = sink.stats.dead_letters
     # 2. A partial storm: half the calls fail; retries get the updates through.
     faults.storm(1.0, statuses=(429, 500, 503), probability=0.5, retry_after=0.05)
-    sink.add_many([availability_record(channel, sku, wh, 10 + i, 2) for i, (sku, wh) in enumerate(keys)])
+    sink.add_many(
+        [availability_record(channel, sku, wh, 10 + i, 2) for i, (sku, wh) in enumerate(keys)]
+    )
     _flush_for(sink, 1.0)
     # 3. The API goes away. New values keep coming; older ones are replaced in the backlog.
     faults.down_for(outage_s, mode="drop")
-    sink.add_many([availability_record(channel, sku, wh, 20 + i, 3) for i, (sku, wh) in enumerate(keys)])
+    sink.add_many(
+        [availability_record(channel, sku, wh, 20 + i, 3) for i, (sku, wh) in enumerate(keys)]
+    )
     final = {(sku, wh): (0 if i % 3 == 0 else 30 + i) for i, (sku, wh) in enumerate(keys)}
     sink.add_many([availability_record(channel, sku, wh, final[(sku, wh)], 4) for sku, wh in keys])
     dead_before_outage = sink.stats.dead_letters
@@ -93,26 +100,37 @@ def _storm_then_outage(
     assert dead_after_storm > 0
     assert sink.stats.retries > 0
     assert _dead_letter_metric(channel) - dead_before == sink.stats.dead_letters
-    return {"dead_letters": sink.stats.dead_letters, "retries": sink.stats.retries, "flushes": len(durations)}
+    return {
+        "dead_letters": sink.stats.dead_letters,
+        "retries": sink.stats.retries,
+        "flushes": len(durations),
+    }
 
 
 def _shopify_scenario(redis_client: redis.Redis, redis_prefix: str, outage_s: float) -> None:
     with ShopifyEmulator(SHOPIFY_TOKEN, max_available=400, restore_rate=200) as emulator:
         dead: list[MarketplaceDeadLetter] = []
         channel = shopify_channel(
-            emulator.url, skus=20, batch_size=10, flush_budget_s=FLUSH_BUDGET_S, read_timeout_s=1.0,
+            emulator.url,
+            skus=20,
+            batch_size=10,
+            flush_budget_s=FLUSH_BUDGET_S,
+            read_timeout_s=1.0,
             retry={"max_attempts": 3, "base_delay_s": 0.02, "max_delay_s": 0.2},
             breaker={"failure_threshold": 4, "open_seconds": 0.3},
             rate_limit={"rate": 150, "burst": 300},
         )
         config = load_marketplace_config(marketplace_config(redis_prefix, shopify_us=channel))
-        sink = MarketplaceSink.from_config(config, "shopify-us", redis_client=redis_client, dead_letter=dead.append)
+        sink = MarketplaceSink.from_config(
+            config, "shopify-us", redis_client=redis_client, dead_letter=dead.append
+        )
         keys = [(f"SKU-{n}", wh) for n in range(15) for wh in ("ATL1", "DAL1")]
         locations = {"ATL1": "gid://shopify/Location/1", "DAL1": "gid://shopify/Location/2"}
 
         def live(sku: str, wh: str | None) -> int | None:
-            return emulator.available(f"gid://shopify/InventoryItem/{1000 + int(sku.split('-')[1])}",
-                                      locations[str(wh)])
+            return emulator.available(
+                f"gid://shopify/InventoryItem/{1000 + int(sku.split('-')[1])}", locations[str(wh)]
+            )
 
         outcome = _storm_then_outage(sink, emulator.faults, "shopify-us", keys, live, outage_s)
         assert len(dead) == outcome["dead_letters"]
@@ -121,39 +139,53 @@ def _shopify_scenario(redis_client: redis.Redis, redis_prefix: str, outage_s: fl
         assert all(SHOPIFY_TOKEN not in d.response for d in dead)
 
 
-def test_shopify_storm_and_outage_converge(redis_client: redis.Redis, redis_prefix: str,
-                                          secrets_env: dict[str, str]) -> None:
+def test_shopify_storm_and_outage_converge(
+    redis_client: redis.Redis, redis_prefix: str, secrets_env: dict[str, str]
+) -> None:
     _shopify_scenario(redis_client, redis_prefix, OUTAGE_S)
 
 
 @pytest.mark.slow
-def test_shopify_storm_and_30s_outage_converge(redis_client: redis.Redis, redis_prefix: str,
-                                              secrets_env: dict[str, str]) -> None:
+def test_shopify_storm_and_30s_outage_converge(
+    redis_client: redis.Redis, redis_prefix: str, secrets_env: dict[str, str]
+) -> None:
     _shopify_scenario(redis_client, redis_prefix, 30.0)
 
 
-def test_amazon_storm_and_outage_converge(redis_client: redis.Redis, redis_prefix: str,
-                                         secrets_env: dict[str, str]) -> None:
+def test_amazon_storm_and_outage_converge(
+    redis_client: redis.Redis, redis_prefix: str, secrets_env: dict[str, str]
+) -> None:
     emulator = AmazonEmulator(
-        seller_id="A2SELLER", marketplace_id="ATVPDKIKX0DER", client_id=AMAZON_CLIENT_ID,
-        client_secret=AMAZON_CLIENT_SECRET, refresh_token=AMAZON_REFRESH_TOKEN,
-        limits={"patchListingsItem": (60.0, 20.0)}, processing_delay=(0.01, 0.05),
+        seller_id="A2SELLER",
+        marketplace_id="ATVPDKIKX0DER",
+        client_id=AMAZON_CLIENT_ID,
+        client_secret=AMAZON_CLIENT_SECRET,
+        refresh_token=AMAZON_REFRESH_TOKEN,
+        limits={"patchListingsItem": (60.0, 20.0)},
+        processing_delay=(0.01, 0.05),
     )
     with emulator:
         dead: list[MarketplaceDeadLetter] = []
         channel = amazon_channel(
-            emulator.url, settle_s=0.1, flush_budget_s=FLUSH_BUDGET_S, read_timeout_s=1.0,
+            emulator.url,
+            settle_s=0.1,
+            flush_budget_s=FLUSH_BUDGET_S,
+            read_timeout_s=1.0,
             retry={"max_attempts": 3, "base_delay_s": 0.02, "max_delay_s": 0.2},
             breaker={"failure_threshold": 4, "open_seconds": 0.3},
             rate_limits={"patchListingsItem": {"rate": 40, "burst": 15}},
         )
         config = load_marketplace_config(marketplace_config(redis_prefix, amazon_us=channel))
-        sink = MarketplaceSink.from_config(config, "amazon-us", redis_client=redis_client, dead_letter=dead.append)
+        sink = MarketplaceSink.from_config(
+            config, "amazon-us", redis_client=redis_client, dead_letter=dead.append
+        )
         keys: list[tuple[str, str | None]] = [(f"SKU-{n}", None) for n in range(10)]
 
         def live(sku: str, _wh: str | None) -> int | None:
             emulator.wait_processed()
             return emulator.quantity(sku)
 
-        outcome = _storm_then_outage(sink, emulator.faults, "amazon-us", keys, live, min(OUTAGE_S, 2.0))
+        outcome = _storm_then_outage(
+            sink, emulator.faults, "amazon-us", keys, live, min(OUTAGE_S, 2.0)
+        )
         assert len(dead) == outcome["dead_letters"]

@@ -7,10 +7,10 @@ import time
 
 import pytest
 import redis
+from emulators.fixtures import redis_client, redis_prefix  # noqa: F401 - fixtures
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from emulators.fixtures import redis_client, redis_prefix  # noqa: F401 - fixtures
 from sinks.marketplace import BucketSpec, DeadlineExceeded, RedisRateLimiter
 
 pytestmark = pytest.mark.redis
@@ -21,7 +21,9 @@ def _limiter(client: redis.Redis, prefix: str, rate: float, burst: float) -> Red
     return RedisRateLimiter(client, lambda _op: spec, prefix=prefix)
 
 
-def test_concurrent_takers_never_exceed_the_bucket(redis_client: redis.Redis, redis_prefix: str) -> None:
+def test_concurrent_takers_never_exceed_the_bucket(
+    redis_client: redis.Redis, redis_prefix: str
+) -> None:
     rate, burst = 40.0, 5.0
     limiters = [_limiter(redis.Redis(), redis_prefix, rate, burst) for _ in range(4)]
     grants: list[float] = []
@@ -66,7 +68,9 @@ def test_retry_after_blocks_every_worker(redis_client: redis.Redis, redis_prefix
     assert time.monotonic() - started >= 0.2
 
 
-def test_learnt_rate_caps_and_observed_tokens_lower(redis_client: redis.Redis, redis_prefix: str) -> None:
+def test_learnt_rate_caps_and_observed_tokens_lower(
+    redis_client: redis.Redis, redis_prefix: str
+) -> None:
     limiter = _limiter(redis_client, redis_prefix, 100, 10)
     limiter.learn_rate("op", 5)
     key = limiter.key(BucketSpec("test-account", 100, 10))
@@ -79,11 +83,14 @@ def test_learnt_rate_caps_and_observed_tokens_lower(redis_client: redis.Redis, r
 
 
 def test_falls_back_to_a_local_bucket_without_redis() -> None:
-    dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
+    dead = redis.Redis(
+        host="127.0.0.1", port=1, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0)
+    )
     errors: list[int] = []
     spec = BucketSpec("offline", 20, 4)
-    limiter = RedisRateLimiter(dead, lambda _op: spec, local_fallback_share=0.5,
-                               on_redis_error=lambda: errors.append(1))
+    limiter = RedisRateLimiter(
+        dead, lambda _op: spec, local_fallback_share=0.5, on_redis_error=lambda: errors.append(1)
+    )
     started = time.monotonic()
     for _ in range(4):
         limiter.acquire("op", 1, deadline=time.monotonic() + 5)

@@ -9,7 +9,6 @@ from typing import Any
 import httpx
 import pytest
 import redis
-
 from emulators.fixtures import (  # noqa: F401 - fixtures
     SHOPIFY_TOKEN,
     marketplace_config,
@@ -21,6 +20,7 @@ from emulators.fixtures import (  # noqa: F401 - fixtures
 )
 from emulators.records import availability_record, last_per_key, record_stream
 from emulators.shopify import ShopifyEmulator
+
 from sinks.marketplace import (
     FulfillmentSink,
     MarketplaceDeadLetter,
@@ -40,10 +40,19 @@ def _item(sku: str) -> str:
 LOCATIONS = {"ATL1": "gid://shopify/Location/1", "DAL1": "gid://shopify/Location/2"}
 
 
-def _sink(emulator: ShopifyEmulator, client: redis.Redis, prefix: str, dead: list[MarketplaceDeadLetter],
-          **overrides: Any) -> MarketplaceSink:
-    config = load_marketplace_config(marketplace_config(prefix, shopify_us=shopify_channel(emulator.url, **overrides)))
-    return MarketplaceSink.from_config(config, CHANNEL, redis_client=client, dead_letter=dead.append)
+def _sink(
+    emulator: ShopifyEmulator,
+    client: redis.Redis,
+    prefix: str,
+    dead: list[MarketplaceDeadLetter],
+    **overrides: Any,
+) -> MarketplaceSink:
+    config = load_marketplace_config(
+        marketplace_config(prefix, shopify_us=shopify_channel(emulator.url, **overrides))
+    )
+    return MarketplaceSink.from_config(
+        config, CHANNEL, redis_client=client, dead_letter=dead.append
+    )
 
 
 def _metric(name: str, labels: dict[str, str]) -> float:
@@ -63,7 +72,10 @@ def _assert_converged(emulator: ShopifyEmulator, last: dict[str, dict[str, Any]]
 
 
 def test_end_to_end_final_quantities_equal_last_record(
-    shopify_emulator: ShopifyEmulator, redis_client: redis.Redis, redis_prefix: str, secrets_env: dict[str, str]
+    shopify_emulator: ShopifyEmulator,
+    redis_client: redis.Redis,
+    redis_prefix: str,
+    secrets_env: dict[str, str],
 ) -> None:
     dead: list[MarketplaceDeadLetter] = []
     sink = _sink(shopify_emulator, redis_client, redis_prefix, dead, skus=30, batch_size=25)
@@ -85,7 +97,10 @@ def test_end_to_end_final_quantities_equal_last_record(
 
 
 def test_drops_to_zero_are_pushed_first(
-    shopify_emulator: ShopifyEmulator, redis_client: redis.Redis, redis_prefix: str, secrets_env: dict[str, str]
+    shopify_emulator: ShopifyEmulator,
+    redis_client: redis.Redis,
+    redis_prefix: str,
+    secrets_env: dict[str, str],
 ) -> None:
     sink = _sink(shopify_emulator, redis_client, redis_prefix, [], batch_size=1)
     for n in range(10):
@@ -94,14 +109,19 @@ def test_drops_to_zero_are_pushed_first(
     applied_before = len(shopify_emulator.history)
     # Increases arrive first, drops to zero last: the drops must still go out first.
     for n in range(10):
-        sink.add(availability_record(CHANNEL, f"SKU-{n}", "ATL1", 20 if n < 5 else 0, 2, previous=10))
+        sink.add(
+            availability_record(CHANNEL, f"SKU-{n}", "ATL1", 20 if n < 5 else 0, 2, previous=10)
+        )
     assert sink.drain(10)
     targets = [change["to"] for change in shopify_emulator.history[applied_before:]]
     assert targets == [0] * 5 + [20] * 5
 
 
 def test_stale_compare_is_read_and_corrected(
-    shopify_emulator: ShopifyEmulator, redis_client: redis.Redis, redis_prefix: str, secrets_env: dict[str, str]
+    shopify_emulator: ShopifyEmulator,
+    redis_client: redis.Redis,
+    redis_prefix: str,
+    secrets_env: dict[str, str],
 ) -> None:
     sink = _sink(shopify_emulator, redis_client, redis_prefix, [])
     sink.add(availability_record(CHANNEL, "SKU-1", "ATL1", 10, 1))
@@ -117,7 +137,10 @@ def test_stale_compare_is_read_and_corrected(
 
 
 def test_lost_answer_is_retried_with_the_same_idempotency_key(
-    shopify_emulator: ShopifyEmulator, redis_client: redis.Redis, redis_prefix: str, secrets_env: dict[str, str]
+    shopify_emulator: ShopifyEmulator,
+    redis_client: redis.Redis,
+    redis_prefix: str,
+    secrets_env: dict[str, str],
 ) -> None:
     sink = _sink(shopify_emulator, redis_client, redis_prefix, [], read_timeout_s=0.3)
     # Answers take 0.6 s for the next 0.9 s: the first attempt times out after it was applied.
@@ -131,7 +154,10 @@ def test_lost_answer_is_retried_with_the_same_idempotency_key(
 
 
 def test_readback_repairs_drift_and_counts_it(
-    shopify_emulator: ShopifyEmulator, redis_client: redis.Redis, redis_prefix: str, secrets_env: dict[str, str]
+    shopify_emulator: ShopifyEmulator,
+    redis_client: redis.Redis,
+    redis_prefix: str,
+    secrets_env: dict[str, str],
 ) -> None:
     sink = _sink(shopify_emulator, redis_client, redis_prefix, [])
     records = [availability_record(CHANNEL, f"SKU-{n}", "ATL1", 5 + n, 1) for n in range(8)]
@@ -148,7 +174,10 @@ def test_readback_repairs_drift_and_counts_it(
 
 
 def test_rejections_are_dead_lettered_and_superseded_by_a_later_change(
-    shopify_emulator: ShopifyEmulator, redis_client: redis.Redis, redis_prefix: str, secrets_env: dict[str, str],
+    shopify_emulator: ShopifyEmulator,
+    redis_client: redis.Redis,
+    redis_prefix: str,
+    secrets_env: dict[str, str],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
@@ -175,8 +204,12 @@ def test_rejections_are_dead_lettered_and_superseded_by_a_later_change(
 
 
 def test_rejected_credentials_keep_the_backlog_and_leak_nothing(
-    shopify_emulator: ShopifyEmulator, redis_client: redis.Redis, redis_prefix: str, secrets_env: dict[str, str],
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+    shopify_emulator: ShopifyEmulator,
+    redis_client: redis.Redis,
+    redis_prefix: str,
+    secrets_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
     wrong = "shpat_" + "0badc0de" * 4
@@ -199,16 +232,25 @@ def test_rejected_credentials_keep_the_backlog_and_leak_nothing(
 
 def _fulfillment(shipment: str, tracking: str, lines: list[tuple[str, int]]) -> dict[str, Any]:
     return {
-        "channel": CHANNEL, "channel_order_id": "1001", "shipment_id": shipment, "carrier": "UPS",
-        "tracking_number": tracking, "lines": [{"sku": s, "qty": q} for s, q in lines],
+        "channel": CHANNEL,
+        "channel_order_id": "1001",
+        "shipment_id": shipment,
+        "carrier": "UPS",
+        "tracking_number": tracking,
+        "lines": [{"sku": s, "qty": q} for s, q in lines],
     }
 
 
 def test_fulfillment_is_created_once_per_shipment(
-    shopify_emulator: ShopifyEmulator, redis_client: redis.Redis, redis_prefix: str, secrets_env: dict[str, str]
+    shopify_emulator: ShopifyEmulator,
+    redis_client: redis.Redis,
+    redis_prefix: str,
+    secrets_env: dict[str, str],
 ) -> None:
     shopify_emulator.add_order(1001, [("SKU-1", 2), ("SKU-2", 1)])
-    config = load_marketplace_config(marketplace_config(redis_prefix, shopify_us=shopify_channel(shopify_emulator.url)))
+    config = load_marketplace_config(
+        marketplace_config(redis_prefix, shopify_us=shopify_channel(shopify_emulator.url))
+    )
     sink = FulfillmentSink.from_config(config, CHANNEL, redis_client=redis_client)
     first = _fulfillment("SHP-1", "1Z0001", [("SKU-1", 2)])
     assert sink.add(first) and not sink.add(first)
@@ -226,26 +268,44 @@ def test_fulfillment_is_created_once_per_shipment(
     assert sink.pushed == 1 and again.pushed == 2
 
 
-def test_emulator_dedupes_a_repeated_fulfillment_idempotency_key(shopify_emulator: ShopifyEmulator) -> None:
+def test_emulator_dedupes_a_repeated_fulfillment_idempotency_key(
+    shopify_emulator: ShopifyEmulator,
+) -> None:
     order = shopify_emulator.add_order(2002, [("SKU-1", 3)])
     query = httpx.post(
         f"{shopify_emulator.url}/admin/api/2026-04/graphql.json",
         headers={"X-Shopify-Access-Token": SHOPIFY_TOKEN},
-        json={"query": "query($id: ID!) { order(id: $id) { fulfillmentOrders(first: 5) "
-                       "{ nodes { id lineItems(first: 5) { nodes { id } } } } } }",
-              "variables": {"id": order}},
+        json={
+            "query": "query($id: ID!) { order(id: $id) { fulfillmentOrders(first: 5) "
+            "{ nodes { id lineItems(first: 5) { nodes { id } } } } } }",
+            "variables": {"id": order},
+        },
     ).json()
     fo = query["data"]["order"]["fulfillmentOrders"]["nodes"][0]
-    mutation = ("mutation($f: FulfillmentInput!, $k: String!) { fulfillmentCreate(fulfillment: $f) "
-                "@idempotent(key: $k) { fulfillment { id } userErrors { message } } }")
-    variables = {"k": "key-1", "f": {
-        "lineItemsByFulfillmentOrder": [{"fulfillmentOrderId": fo["id"], "fulfillmentOrderLineItems": [
-            {"id": fo["lineItems"]["nodes"][0]["id"], "quantity": 1}]}],
-        "trackingInfo": {"company": "UPS", "number": "1Z9"}}}
+    mutation = (
+        "mutation($f: FulfillmentInput!, $k: String!) { fulfillmentCreate(fulfillment: $f) "
+        "@idempotent(key: $k) { fulfillment { id } userErrors { message } } }"
+    )
+    variables = {
+        "k": "key-1",
+        "f": {
+            "lineItemsByFulfillmentOrder": [
+                {
+                    "fulfillmentOrderId": fo["id"],
+                    "fulfillmentOrderLineItems": [
+                        {"id": fo["lineItems"]["nodes"][0]["id"], "quantity": 1}
+                    ],
+                }
+            ],
+            "trackingInfo": {"company": "UPS", "number": "1Z9"},
+        },
+    }
     answers = [
-        httpx.post(f"{shopify_emulator.url}/admin/api/2026-04/graphql.json",
-                   headers={"X-Shopify-Access-Token": SHOPIFY_TOKEN},
-                   json={"query": mutation, "variables": variables}).json()
+        httpx.post(
+            f"{shopify_emulator.url}/admin/api/2026-04/graphql.json",
+            headers={"X-Shopify-Access-Token": SHOPIFY_TOKEN},
+            json={"query": mutation, "variables": variables},
+        ).json()
         for _ in range(2)
     ]
     assert answers[0]["data"] == answers[1]["data"]
@@ -255,13 +315,27 @@ def test_emulator_dedupes_a_repeated_fulfillment_idempotency_key(shopify_emulato
 def test_emulator_checks_auth_and_payload_shapes(shopify_emulator: ShopifyEmulator) -> None:
     url = f"{shopify_emulator.url}/admin/api/2026-04/graphql.json"
     assert httpx.post(url, json={"query": "{ __typename }"}).status_code == 401
-    wrong_field = httpx.post(url, headers={"X-Shopify-Access-Token": SHOPIFY_TOKEN}, json={
-        "query": "mutation($i: InventorySetQuantitiesInput!) { inventorySetQuantities(input: $i) "
-                 "@idempotent(key: \"k\") { userErrors { code } } }",
-        "variables": {"i": {"name": "available", "reason": "correction", "quantities": [
-            {"inventoryItemId": "gid://shopify/InventoryItem/1", "locationId": "gid://shopify/Location/1",
-             "availableQuantity": 3}]}},
-    }).json()
+    wrong_field = httpx.post(
+        url,
+        headers={"X-Shopify-Access-Token": SHOPIFY_TOKEN},
+        json={
+            "query": "mutation($i: InventorySetQuantitiesInput!) { inventorySetQuantities(input: $i) "
+            '@idempotent(key: "k") { userErrors { code } } }',
+            "variables": {
+                "i": {
+                    "name": "available",
+                    "reason": "correction",
+                    "quantities": [
+                        {
+                            "inventoryItemId": "gid://shopify/InventoryItem/1",
+                            "locationId": "gid://shopify/Location/1",
+                            "availableQuantity": 3,
+                        }
+                    ],
+                }
+            },
+        },
+    ).json()
     assert wrong_field.get("errors") and not wrong_field.get("data")
     state = httpx.get(f"{shopify_emulator.url}/__admin/state").json()
     assert "levels" in state

@@ -46,7 +46,9 @@ def test_config_takes_secret_references_and_rejects_secret_values() -> None:
     assert channel.access_token.env == "SHOP_TOKEN"
     # A secret value in the config is a validation error, not a silent acceptance.
     with pytest.raises(ValidationError):
-        load_marketplace_config({"channels": {"shopify-us": _shopify(access_token="shpat_live_value")}})
+        load_marketplace_config(
+            {"channels": {"shopify-us": _shopify(access_token="shpat_live_value")}}
+        )
     with pytest.raises(ValidationError):
         load_marketplace_config({"channels": {"shopify-us": _shopify(token="shpat_live_value")}})
     with pytest.raises(ValidationError):
@@ -55,7 +57,9 @@ def test_config_takes_secret_references_and_rejects_secret_values() -> None:
         cfg.channel("nope")
 
 
-def test_secret_refs_resolve_from_env_and_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_secret_refs_resolve_from_env_and_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("SHOP_TOKEN", "shpat_from_env_123")
     assert SecretRef(env="SHOP_TOKEN").resolve().get_secret_value() == "shpat_from_env_123"
     secret_file = tmp_path / "token"
@@ -114,8 +118,12 @@ def test_record_key_and_idempotency_key() -> None:
 
 def test_fulfillment_request_from_dict_and_milestone() -> None:
     data = {
-        "channel": "shopify-us", "channel_order_id": "1001", "shipment_id": "SHP-1", "carrier": "UPS",
-        "tracking_number": "1Z1", "lines": [{"sku": "S1", "qty": 2}],
+        "channel": "shopify-us",
+        "channel_order_id": "1001",
+        "shipment_id": "SHP-1",
+        "carrier": "UPS",
+        "tracking_number": "1Z1",
+        "lines": [{"sku": "S1", "qty": 2}],
     }
     request = FulfillmentRequest.from_mapping(data)
     assert request.key == "1001|SHP-1" and request.lines[0].qty == 2
@@ -123,8 +131,13 @@ def test_fulfillment_request_from_dict_and_milestone() -> None:
         FulfillmentRequest.from_mapping({**data, "lines": []})
     with pytest.raises(ValueError):
         FulfillmentRequest.from_mapping({**data, "tracking_number": ""})
-    milestone = {**data, "level": "SHIPMENT", "milestone": "SHIPPED", "occurred_at": 1767225600000,
-                 "lines": [{"sku": "S1", "quantity": 1}]}
+    milestone = {
+        **data,
+        "level": "SHIPMENT",
+        "milestone": "SHIPPED",
+        "occurred_at": 1767225600000,
+        "lines": [{"sku": "S1", "quantity": 1}],
+    }
     pushed = fulfillment_from_milestone(milestone)
     assert pushed is not None and pushed.shipped_at == 1767225600000 and pushed.lines[0].qty == 1
     assert fulfillment_from_milestone({**milestone, "milestone": "DELIVERED"}) is None
@@ -183,7 +196,9 @@ def test_circuit_breaker_opens_probes_and_closes() -> None:
 def test_guarded_call_books_transient_attempts_but_not_outages() -> None:
     clock = _Clock()
     retry = RetryConfig(max_attempts=3, base_delay_s=0.1, max_delay_s=0.2)
-    script = iter([ApiUnavailableError("down"), ApiUnavailableError("down"), TransientApiError("503"), "ok"])
+    script = iter(
+        [ApiUnavailableError("down"), ApiUnavailableError("down"), TransientApiError("503"), "ok"]
+    )
     booked: list[str] = []
 
     def fn() -> str:
@@ -196,8 +211,15 @@ def test_guarded_call_books_transient_attempts_but_not_outages() -> None:
         booked.append(str(exc))
         return len(booked)
 
-    outcome = guarded_call(fn, deadline=100.0, retry=retry, on_transient=on_transient,
-                           on_deferred=lambda _t: None, clock=clock, sleep=clock.sleep)
+    outcome = guarded_call(
+        fn,
+        deadline=100.0,
+        retry=retry,
+        on_transient=on_transient,
+        on_deferred=lambda _t: None,
+        clock=clock,
+        sleep=clock.sleep,
+    )
     assert outcome.value == "ok" and outcome.stop is None
     assert booked == ["503"]  # the two outages booked nothing
 
@@ -205,6 +227,13 @@ def test_guarded_call_books_transient_attempts_but_not_outages() -> None:
         raise ApiUnavailableError("down")
 
     clock.now = 0.0
-    outcome = guarded_call(always_down, deadline=1.0, retry=retry, on_transient=on_transient,
-                           on_deferred=lambda _t: None, clock=clock, sleep=clock.sleep)
+    outcome = guarded_call(
+        always_down,
+        deadline=1.0,
+        retry=retry,
+        on_transient=on_transient,
+        on_deferred=lambda _t: None,
+        clock=clock,
+        sleep=clock.sleep,
+    )
     assert outcome.stop == "unavailable" and clock.now <= 1.0

@@ -8,12 +8,12 @@ import threading
 
 import pytest
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
-
 from emulators.fixtures import redis_client, redis_prefix  # noqa: F401 - fixtures
 from emulators.records import availability_record
 from emulators.tcp_proxy import TcpProxy
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
 from sinks.redis_view import RedisViewWriter, ViewKeys
 
 pytestmark = pytest.mark.redis
@@ -24,7 +24,9 @@ def _avail(client: redis.Redis, prefix: str, channel: str, key: str) -> dict[str
     return {k.decode(): v.decode() for k, v in raw.items()}
 
 
-def test_older_version_after_newer_stays_newer(redis_client: redis.Redis, redis_prefix: str) -> None:
+def test_older_version_after_newer_stays_newer(
+    redis_client: redis.Redis, redis_prefix: str
+) -> None:
     writer = RedisViewWriter(redis_client, prefix=redis_prefix)
     writer.add(availability_record("shopify-us", "SKU-1", "ATL1", 7, 12))
     assert writer.flush().written == 1
@@ -51,9 +53,14 @@ def test_versions_beyond_2_53_compare_exactly(redis_client: redis.Redis, redis_p
     assert _avail(redis_client, redis_prefix, "amazon-us", "SKU-9")["available"] == "4"
 
 
-def test_racing_writers_keep_the_newest_per_key_and_per_warehouse(redis_client: redis.Redis,
-                                                                   redis_prefix: str) -> None:
-    records = [availability_record("amazon-us", f"SKU-{n}", None, v * 10 + n, v) for n in range(20) for v in range(1, 9)]
+def test_racing_writers_keep_the_newest_per_key_and_per_warehouse(
+    redis_client: redis.Redis, redis_prefix: str
+) -> None:
+    records = [
+        availability_record("amazon-us", f"SKU-{n}", None, v * 10 + n, v)
+        for n in range(20)
+        for v in range(1, 9)
+    ]
     random.Random(4).shuffle(records)
 
     def write(part: list[dict]) -> None:
@@ -91,18 +98,29 @@ def _write_errors() -> float:
 def test_a_redis_that_goes_away_loses_nothing(redis_client: redis.Redis, redis_prefix: str) -> None:
     errors_before = _write_errors()
     proxy = TcpProxy("127.0.0.1", 6379).start()
-    client = redis.Redis(host="127.0.0.1", port=proxy.port, socket_timeout=1, socket_connect_timeout=0.5,
-                         retry=Retry(NoBackoff(), 0))
+    client = redis.Redis(
+        host="127.0.0.1",
+        port=proxy.port,
+        socket_timeout=1,
+        socket_connect_timeout=0.5,
+        retry=Retry(NoBackoff(), 0),
+    )
     writer = RedisViewWriter(client, prefix=redis_prefix, batch_size=4)
     try:
-        writer.add_many(availability_record("shopify-us", f"SKU-{n}", "DAL1", n, 1) for n in range(6))
+        writer.add_many(
+            availability_record("shopify-us", f"SKU-{n}", "DAL1", n, 1) for n in range(6)
+        )
         assert writer.flush().written == 6
         proxy.stop()
-        writer.add_many(availability_record("shopify-us", f"SKU-{n}", "DAL1", 100 + n, 2) for n in range(6))
+        writer.add_many(
+            availability_record("shopify-us", f"SKU-{n}", "DAL1", 100 + n, 2) for n in range(6)
+        )
         report = writer.flush()
         assert report.errors > 0 and report.written == 0 and writer.pending_count == 6
         # Newer values arrive while Redis is away: only the newest per key is kept.
-        writer.add_many(availability_record("shopify-us", f"SKU-{n}", "DAL1", 200 + n, 3) for n in range(3))
+        writer.add_many(
+            availability_record("shopify-us", f"SKU-{n}", "DAL1", 200 + n, 3) for n in range(3)
+        )
         assert writer.flush().errors > 0 and writer.pending_count == 6
         proxy.start()
         report = writer.flush()

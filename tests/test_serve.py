@@ -12,10 +12,10 @@ import httpx
 import pytest
 import redis
 import redis.asyncio as aioredis
-
 from emulators.base import free_port
 from emulators.fixtures import redis_client, redis_prefix  # noqa: F401 - fixtures
 from emulators.records import availability_record
+
 from sinks.redis_view import RedisViewWriter
 from sinks.serve import MAX_BATCH, create_app
 
@@ -46,7 +46,10 @@ def client(seeded: str) -> Iterator[TestClient]:
 def test_single_lookup_sums_locations_and_shows_warehouses(client: TestClient) -> None:
     body = client.get("/v1/availability/shopify-us/SKU-1").json()
     assert body["available"] == 11 and body["sku"] == "SKU-1"
-    assert [(e["location"], e["available"], e["version"]) for e in body["entries"]] == [("ATL1", 7, 3), ("DAL1", 4, 2)]
+    assert [(e["location"], e["available"], e["version"]) for e in body["entries"]] == [
+        ("ATL1", 7, 3),
+        ("DAL1", 4, 2),
+    ]
     assert body["entries"][0]["previous"] == 5 and body["entries"][0]["source"] == "wms"
     assert {w["warehouse"]: w["atp"] for w in body["warehouses"]} == {"ATL1": 9, "DAL1": 6}
     summed = client.get("/v1/availability/amazon-us/SKU-1").json()
@@ -57,7 +60,10 @@ def test_single_lookup_sums_locations_and_shows_warehouses(client: TestClient) -
 def test_location_filter(client: TestClient) -> None:
     body = client.get("/v1/availability/shopify-us/SKU-1", params={"location": "DAL1"}).json()
     assert body["available"] == 4 and [w["warehouse"] for w in body["warehouses"]] == ["DAL1"]
-    assert client.get("/v1/availability/shopify-us/SKU-1", params={"location": "RNO1"}).status_code == 404
+    assert (
+        client.get("/v1/availability/shopify-us/SKU-1", params={"location": "RNO1"}).status_code
+        == 404
+    )
 
 
 def test_unknown_channel_and_sku_are_404(client: TestClient) -> None:
@@ -67,20 +73,27 @@ def test_unknown_channel_and_sku_are_404(client: TestClient) -> None:
 
 
 def test_batch_lookup_and_its_limit(client: TestClient) -> None:
-    body = client.get("/v1/availability/shopify-us", params=[("sku", "SKU-2"), ("sku", "SKU-404"),
-                                                             ("sku", "SKU-1"), ("sku", "SKU-2")]).json()
+    body = client.get(
+        "/v1/availability/shopify-us",
+        params=[("sku", "SKU-2"), ("sku", "SKU-404"), ("sku", "SKU-1"), ("sku", "SKU-2")],
+    ).json()
     assert [i["sku"] for i in body["items"]] == ["SKU-2", "SKU-1"]
     assert body["missing"] == ["SKU-404"]
     full = [("sku", f"SKU-{n}") for n in range(MAX_BATCH)]
     assert client.get("/v1/availability/shopify-us", params=full).status_code == 200
-    assert client.get("/v1/availability/shopify-us", params=[*full, ("sku", "one-more")]).status_code == 422
+    assert (
+        client.get("/v1/availability/shopify-us", params=[*full, ("sku", "one-more")]).status_code
+        == 422
+    )
     assert client.get("/v1/availability/shopify-us").status_code == 422
 
 
 def test_health_and_openapi(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     spec = client.get("/openapi.json").json()
-    assert {"/v1/availability/{channel}/{sku}", "/v1/availability/{channel}", "/healthz"} <= set(spec["paths"])
+    assert {"/v1/availability/{channel}/{sku}", "/v1/availability/{channel}", "/healthz"} <= set(
+        spec["paths"]
+    )
 
 
 def test_health_reports_a_missing_redis() -> None:

@@ -111,7 +111,12 @@ class LwaTokenProvider:
 
     def _fetch(self, deadline: float) -> None:
         response = self._caller.send(
-            OP_TOKEN, "POST", self._url, endpoint=OP_TOKEN, deadline=deadline, rate_limited=False,
+            OP_TOKEN,
+            "POST",
+            self._url,
+            endpoint=OP_TOKEN,
+            deadline=deadline,
+            rate_limited=False,
             data={
                 "grant_type": "refresh_token",
                 "refresh_token": self._refresh_token.get_secret_value(),
@@ -146,7 +151,9 @@ class AmazonAdapter:
     inventory_operation = OP_PATCH
     fulfillment_operation = OP_CONFIRM
 
-    def __init__(self, channel: str, config: AmazonChannelConfig, caller: ApiCaller, lwa: LwaTokenProvider) -> None:
+    def __init__(
+        self, channel: str, config: AmazonChannelConfig, caller: ApiCaller, lwa: LwaTokenProvider
+    ) -> None:
         self.channel = channel
         self.config = config
         self._caller = caller
@@ -180,8 +187,13 @@ class AmazonAdapter:
     def _push_one(self, update: InventoryUpdate, deadline: float) -> PushResult:
         seller_sku = self.seller_sku(update.key)
         if seller_sku is None:
-            return PushResult(update.key, update.version, PushStatus.REJECTED, code="UNMAPPED_KEY",
-                              detail="no seller SKU configured for this key")
+            return PushResult(
+                update.key,
+                update.version,
+                PushStatus.REJECTED,
+                code="UNMAPPED_KEY",
+                detail="no seller SKU configured for this key",
+            )
         body = {
             "productType": self.config.product_type,
             "patches": [
@@ -198,21 +210,38 @@ class AmazonAdapter:
             ],
         }
         response = self._request(
-            OP_PATCH, "PATCH", self._listing_path(seller_sku), deadline,
-            params={"marketplaceIds": self.config.marketplace_id}, json=body,
+            OP_PATCH,
+            "PATCH",
+            self._listing_path(seller_sku),
+            deadline,
+            params={"marketplaceIds": self.config.marketplace_id},
+            json=body,
         )
         detail = self._caller.redactor.body(response.content)
         if response.status_code != 200:
-            return PushResult(update.key, update.version, PushStatus.REJECTED, response.status_code, detail,
-                              code=_error_code(response))
+            return PushResult(
+                update.key,
+                update.version,
+                PushStatus.REJECTED,
+                response.status_code,
+                detail,
+                code=_error_code(response),
+            )
         try:
             answer = response.json()
         except ValueError:
-            raise TransientApiError(f"{OP_PATCH}: answer is not JSON", status=200, detail=detail) from None
+            raise TransientApiError(
+                f"{OP_PATCH}: answer is not JSON", status=200, detail=detail
+            ) from None
         status = str(answer.get("status", ""))
         if status == "ACCEPTED":
-            return PushResult(update.key, update.version, PushStatus.PENDING, 200,
-                              code=str(answer.get("submissionId", "")))
+            return PushResult(
+                update.key,
+                update.version,
+                PushStatus.PENDING,
+                200,
+                code=str(answer.get("submissionId", "")),
+            )
         issues = [i for i in answer.get("issues") or [] if i.get("severity") == "ERROR"]
         code = str(issues[0].get("code")) if issues else status or "UNKNOWN_STATUS"
         return PushResult(update.key, update.version, PushStatus.REJECTED, 200, detail, code=code)
@@ -227,8 +256,14 @@ class AmazonAdapter:
 
     def read_quantity(self, seller_sku: str, deadline: float) -> int | None:
         response = self._request(
-            OP_GET, "GET", self._listing_path(seller_sku), deadline,
-            params={"marketplaceIds": self.config.marketplace_id, "includedData": "fulfillmentAvailability"},
+            OP_GET,
+            "GET",
+            self._listing_path(seller_sku),
+            deadline,
+            params={
+                "marketplaceIds": self.config.marketplace_id,
+                "includedData": "fulfillmentAvailability",
+            },
         )
         if response.status_code != 200:
             return None
@@ -248,12 +283,24 @@ class AmazonAdapter:
         """Confirm the shipment of one package of an order."""
         items = self._order_items(request.channel_order_id, deadline)
         if items is None:
-            return PushResult(request.key, 0, PushStatus.REJECTED, 404, code="ORDER_NOT_FOUND",
-                              detail=f"order {request.channel_order_id} not found")
+            return PushResult(
+                request.key,
+                0,
+                PushStatus.REJECTED,
+                404,
+                code="ORDER_NOT_FOUND",
+                detail=f"order {request.channel_order_id} not found",
+            )
         order_items, short = self._allocate(items, request)
         if not order_items:
-            return PushResult(request.key, 0, PushStatus.REJECTED, 200, code="NOTHING_TO_CONFIRM",
-                              detail=f"no order item for {sorted(short)}")
+            return PushResult(
+                request.key,
+                0,
+                PushStatus.REJECTED,
+                200,
+                code="NOTHING_TO_CONFIRM",
+                detail=f"no order item for {sorted(short)}",
+            )
         carrier_code = self.config.carrier_codes.get(request.carrier, "Other")
         package: dict[str, Any] = {
             "packageReferenceId": package_reference_id(request.shipment_id),
@@ -265,30 +312,48 @@ class AmazonAdapter:
         if carrier_code == "Other":
             package["carrierName"] = request.carrier
         response = self._request(
-            OP_CONFIRM, "POST",
+            OP_CONFIRM,
+            "POST",
             f"/orders/v0/orders/{quote(request.channel_order_id, safe='')}/shipmentConfirmation",
-            deadline, json={"marketplaceId": self.config.marketplace_id, "packageDetail": package},
+            deadline,
+            json={"marketplaceId": self.config.marketplace_id, "packageDetail": package},
         )
         if response.status_code in (200, 204):
-            return PushResult(request.key, 0, PushStatus.APPLIED, response.status_code,
-                              code="PARTIAL" if short else "")
-        return PushResult(request.key, 0, PushStatus.REJECTED, response.status_code,
-                          self._caller.redactor.body(response.content), code=_error_code(response))
+            return PushResult(
+                request.key,
+                0,
+                PushStatus.APPLIED,
+                response.status_code,
+                code="PARTIAL" if short else "",
+            )
+        return PushResult(
+            request.key,
+            0,
+            PushStatus.REJECTED,
+            response.status_code,
+            self._caller.redactor.body(response.content),
+            code=_error_code(response),
+        )
 
     def _order_items(self, order_id: str, deadline: float) -> list[dict[str, Any]] | None:
         items: list[dict[str, Any]] = []
         params: dict[str, str] = {}
         for _page in range(20):
             response = self._request(
-                OP_ORDER_ITEMS, "GET", f"/orders/v0/orders/{quote(order_id, safe='')}/orderItems",
-                deadline, params=params or None,
+                OP_ORDER_ITEMS,
+                "GET",
+                f"/orders/v0/orders/{quote(order_id, safe='')}/orderItems",
+                deadline,
+                params=params or None,
             )
             if response.status_code == 404:
                 return None
             if response.status_code != 200:
-                raise TransientApiError(f"{OP_ORDER_ITEMS}: HTTP {response.status_code}",
-                                        status=response.status_code,
-                                        detail=self._caller.redactor.body(response.content))
+                raise TransientApiError(
+                    f"{OP_ORDER_ITEMS}: HTTP {response.status_code}",
+                    status=response.status_code,
+                    detail=self._caller.redactor.body(response.content),
+                )
             payload = (response.json() or {}).get("payload") or {}
             items.extend(payload.get("OrderItems") or [])
             next_token = payload.get("NextToken")
@@ -303,7 +368,8 @@ class AmazonAdapter:
         # Capacity is the ordered quantity, not ordered minus shipped: a repeat of the same
         # package must produce the same request (an edit), whatever Amazon recorded meanwhile.
         capacity = [
-            [str(i.get("OrderItemId")), str(i.get("SellerSKU")), int(i.get("QuantityOrdered") or 0)] for i in items
+            [str(i.get("OrderItemId")), str(i.get("SellerSKU")), int(i.get("QuantityOrdered") or 0)]
+            for i in items
         ]
         out: dict[str, int] = {}
         short: set[str] = set()
@@ -343,7 +409,12 @@ class AmazonAdapter:
         for attempt in range(2):
             token = self._lwa.token(deadline)
             response = self._caller.send(
-                operation, method, f"{self.config.base_url}{path}", deadline=deadline, params=params, json=json,
+                operation,
+                method,
+                f"{self.config.base_url}{path}",
+                deadline=deadline,
+                params=params,
+                json=json,
                 headers={
                     "x-amz-access-token": token,
                     "Accept": "application/json",
@@ -355,8 +426,11 @@ class AmazonAdapter:
                 self._lwa.invalidate()
                 if attempt == 0:
                     continue
-                raise ApiAuthError(f"{operation}: HTTP 403", status=403,
-                                   detail=self._caller.redactor.body(response.content))
+                raise ApiAuthError(
+                    f"{operation}: HTTP 403",
+                    status=403,
+                    detail=self._caller.redactor.body(response.content),
+                )
             return response
         raise AssertionError("unreachable")
 
@@ -378,5 +452,7 @@ def _error_code(response: httpx.Response) -> str:
 
 
 def _iso8601(epoch_ms: int | None) -> str:
-    when = datetime.fromtimestamp(epoch_ms / 1000, UTC) if epoch_ms is not None else datetime.now(UTC)
+    when = (
+        datetime.fromtimestamp(epoch_ms / 1000, UTC) if epoch_ms is not None else datetime.now(UTC)
+    )
     return when.strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -83,7 +83,9 @@ class SecretRef(_Strict):
         try:
             value = self.file.read_text(encoding="utf-8").strip()
         except OSError as exc:
-            raise LookupError(f"secret file {str(self.file)!r} cannot be read: {exc.strerror}") from None
+            raise LookupError(
+                f"secret file {str(self.file)!r} cannot be read: {exc.strerror}"
+            ) from None
         if not value:
             raise LookupError(f"secret file {str(self.file)!r} is empty")
         return SecretStr(value)
@@ -242,7 +244,9 @@ class MarketplaceConfig(_Strict):
         try:
             return self.channels[channel_id]
         except KeyError:
-            raise KeyError(f"channel {channel_id!r} is not configured for marketplace pushes") from None
+            raise KeyError(
+                f"channel {channel_id!r} is not configured for marketplace pushes"
+            ) from None
 
 
 _CONFIG_ADAPTER: TypeAdapter[MarketplaceConfig] = TypeAdapter(MarketplaceConfig)

@@ -88,7 +88,9 @@ class Redactor:
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         # Short strings would mask innocent text; real tokens are long.
-        self._secrets: list[str] = sorted({s for s in secrets if s and len(s) >= 6}, key=len, reverse=True)
+        self._secrets: list[str] = sorted(
+            {s for s in secrets if s and len(s) >= 6}, key=len, reverse=True
+        )
 
     def add(self, secret: str) -> None:
         """Also mask ``secret`` from now on (an access token fetched at run time)."""

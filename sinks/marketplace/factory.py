@@ -25,13 +25,19 @@ def _bucket_resolver(channel: ShopifyChannelConfig | AmazonChannelConfig):  # ty
     """Operation -> bucket. One bucket per *account*, so channels sharing an account share it."""
     if isinstance(channel, ShopifyChannelConfig):
         # Every GraphQL call draws on the same cost bucket of the (app, store) pair.
-        spec = BucketSpec(f"shopify:{channel.shop}", channel.rate_limit.rate, channel.rate_limit.burst)
+        spec = BucketSpec(
+            f"shopify:{channel.shop}", channel.rate_limit.rate, channel.rate_limit.burst
+        )
         return lambda _operation: spec
     limits = channel.rate_limits
 
     def resolve(operation: str) -> BucketSpec:
         limit = limits.get(operation, _FALLBACK_LIMIT)
-        return BucketSpec(f"amazon:{channel.seller_id}:{channel.marketplace_id}:{operation}", limit.rate, limit.burst)
+        return BucketSpec(
+            f"amazon:{channel.seller_id}:{channel.marketplace_id}:{operation}",
+            limit.rate,
+            limit.burst,
+        )
 
     return resolve
 
@@ -71,10 +77,14 @@ def build_caller(
         local_fallback_share=channel.local_fallback_share,
         on_redis_error=lambda: metric("REDIS_WRITE_ERRORS").inc(),
     )
-    return ApiCaller(channel_id, client, limiter, BreakerRegistry(channel_id, channel.breaker), Redactor())
+    return ApiCaller(
+        channel_id, client, limiter, BreakerRegistry(channel_id, channel.breaker), Redactor()
+    )
 
 
-def build_adapter(channel_id: str, config: MarketplaceConfig, caller: ApiCaller) -> ShopifyAdapter | AmazonAdapter:
+def build_adapter(
+    channel_id: str, config: MarketplaceConfig, caller: ApiCaller
+) -> ShopifyAdapter | AmazonAdapter:
     """The adapter of one channel, with its secrets resolved now (so a missing one fails fast)."""
     channel = config.channel(channel_id)
     if isinstance(channel, ShopifyChannelConfig):

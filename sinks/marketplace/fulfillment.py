@@ -121,9 +121,13 @@ class FulfillmentSink:
 
     def add(self, item: FulfillmentRequest | Mapping[str, Any]) -> bool:
         """Queue one shipment; False when it is already queued or was pushed recently."""
-        request = item if isinstance(item, FulfillmentRequest) else FulfillmentRequest.from_mapping(item)
+        request = (
+            item if isinstance(item, FulfillmentRequest) else FulfillmentRequest.from_mapping(item)
+        )
         if request.channel != self.channel:
-            raise ValueError(f"fulfillment of channel {request.channel!r} given to the {self.channel!r} sink")
+            raise ValueError(
+                f"fulfillment of channel {request.channel!r} given to the {self.channel!r} sink"
+            )
         if request.key in self._queue or request.key in self._done:
             self.duplicates += 1
             return False
@@ -166,7 +170,9 @@ class FulfillmentSink:
             metric("MARKETPLACE_RETRIES").labels(channel=self.channel, operation=operation).inc()
             job.attempts += 1
             if job.attempts >= self._retry.max_attempts:
-                self._finish_dead(job, "RETRY_BUDGET_EXHAUSTED", exc.status, "TRANSIENT", exc.detail or str(exc))
+                self._finish_dead(
+                    job, "RETRY_BUDGET_EXHAUSTED", exc.status, "TRANSIENT", exc.detail or str(exc)
+                )
                 return None
             return job.attempts
 
@@ -175,8 +181,12 @@ class FulfillmentSink:
 
         outcome = guarded_call(
             lambda: self.adapter.fulfill(job.request, deadline),
-            deadline=deadline, retry=self._retry, on_transient=on_transient, on_deferred=on_deferred,
-            clock=self._clock, sleep=self._sleep,
+            deadline=deadline,
+            retry=self._retry,
+            on_transient=on_transient,
+            on_deferred=on_deferred,
+            clock=self._clock,
+            sleep=self._sleep,
         )
         result = outcome.value
         if result is None:
@@ -188,7 +198,9 @@ class FulfillmentSink:
         else:
             job.attempts += 1
             if job.attempts >= self._retry.max_attempts:
-                self._finish_dead(job, "RETRY_BUDGET_EXHAUSTED", result.http_status, result.code, result.detail)
+                self._finish_dead(
+                    job, "RETRY_BUDGET_EXHAUSTED", result.http_status, result.code, result.detail
+                )
         return None
 
     def _finish_done(self, job: _Job) -> None:
@@ -198,7 +210,9 @@ class FulfillmentSink:
             self._done.popitem(last=False)
         self.pushed += 1
 
-    def _finish_dead(self, job: _Job, reason: str, status: int | None, code: str, response: str) -> None:
+    def _finish_dead(
+        self, job: _Job, reason: str, status: int | None, code: str, response: str
+    ) -> None:
         self._queue.pop(job.request.key, None)
         self.dead_letters += 1
         metric("MARKETPLACE_DEAD_LETTERS").labels(channel=self.channel).inc()
@@ -221,7 +235,9 @@ class FulfillmentSink:
                 "lines": [{"sku": line.sku, "qty": line.qty} for line in request.lines],
             },
         )
-        _log.warning("dead letter %s/%s: %s %s (HTTP %s)", self.channel, request.key, reason, code, status)
+        _log.warning(
+            "dead letter %s/%s: %s %s (HTTP %s)", self.channel, request.key, reason, code, status
+        )
         if self._dead_letter is not None:
             try:
                 self._dead_letter(letter)

@@ -114,7 +114,9 @@ class BucketSpec:
 class LocalTokenBucket:
     """An in-process token bucket: the fallback while Redis is unreachable."""
 
-    def __init__(self, rate: float, capacity: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, rate: float, capacity: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.rate = rate
         self.capacity = capacity
         self._tokens = capacity
@@ -192,7 +194,9 @@ class RedisRateLimiter:
             # A little jitter so that workers woken by the same refill do not collide.
             wait += random.uniform(0, min(0.05, wait * 0.1))  # noqa: S311 - not crypto
             if time.monotonic() + wait > deadline:
-                raise DeadlineExceeded(f"rate limit of {spec.name} would wait {wait:.2f}s past the deadline")
+                raise DeadlineExceeded(
+                    f"rate limit of {spec.name} would wait {wait:.2f}s past the deadline"
+                )
             time.sleep(wait)
 
     def penalize(self, operation: str, seconds: float) -> None:
@@ -212,7 +216,9 @@ class RedisRateLimiter:
         spec = self._resolve(operation)
         if self._redis_usable():
             try:
-                self._observe(keys=[self.key(spec)], args=[spec.rate, spec.capacity, available, _TTL_MS])
+                self._observe(
+                    keys=[self.key(spec)], args=[spec.rate, spec.capacity, available, _TTL_MS]
+                )
             except redis.RedisError:
                 self._redis_failed()
         self._local_bucket(spec).lower(available)
@@ -243,7 +249,9 @@ class RedisRateLimiter:
         with self._local_lock:
             bucket = self._local.get(spec.name)
             if bucket is None:
-                bucket = LocalTokenBucket(spec.rate * self._share, max(1.0, spec.capacity * self._share))
+                bucket = LocalTokenBucket(
+                    spec.rate * self._share, max(1.0, spec.capacity * self._share)
+                )
                 self._local[spec.name] = bucket
             return bucket
 

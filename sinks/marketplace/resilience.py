@@ -117,28 +117,36 @@ class CircuitBreaker:
         with self._lock:
             self._probe_in_flight = False
             self._failures += 1
-            if self._state is BreakerState.HALF_OPEN or self._failures >= self._config.failure_threshold:
+            if (
+                self._state is BreakerState.HALF_OPEN
+                or self._failures >= self._config.failure_threshold
+            ):
                 self._state = BreakerState.OPEN
                 self._opened_at = self._clock()
                 self._publish()
 
     def _maybe_half_open(self) -> None:
-        if self._state is BreakerState.OPEN and self._clock() - self._opened_at >= self._config.open_seconds:
+        if (
+            self._state is BreakerState.OPEN
+            and self._clock() - self._opened_at >= self._config.open_seconds
+        ):
             self._state = BreakerState.HALF_OPEN
             self._probe_in_flight = False
             self._publish()
 
     def _publish(self) -> None:
         # Half-open counts as open for alerting: the endpoint has not proven itself yet.
-        metric("MARKETPLACE_CIRCUIT_OPEN").labels(channel=self.channel, operation=self.endpoint).set(
-            0 if self._state is BreakerState.CLOSED else 1
-        )
+        metric("MARKETPLACE_CIRCUIT_OPEN").labels(
+            channel=self.channel, operation=self.endpoint
+        ).set(0 if self._state is BreakerState.CLOSED else 1)
 
 
 class BreakerRegistry:
     """The breakers of one channel, created on first use per endpoint."""
 
-    def __init__(self, channel: str, config: BreakerConfig, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, channel: str, config: BreakerConfig, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._channel = channel
         self._config = config
         self._clock = clock

@@ -44,7 +44,13 @@ from pydantic import SecretStr
 
 from ._metrics import metric
 from .config import ShopifyChannelConfig
-from .errors import ApiAuthError, ApiUnavailableError, MarketplaceError, ThrottledError, TransientApiError
+from .errors import (
+    ApiAuthError,
+    ApiUnavailableError,
+    MarketplaceError,
+    ThrottledError,
+    TransientApiError,
+)
 from .models import (
     FulfillmentRequest,
     InventoryUpdate,
@@ -66,7 +72,9 @@ OP_FULFILL = "fulfillmentCreate"
 ENDPOINT = "graphql"
 
 _STALE_CODES = frozenset({"CHANGE_FROM_QUANTITY_STALE", "COMPARE_QUANTITY_STALE"})
-_REKEY_CODES = frozenset({"IDEMPOTENCY_KEY_PARAMETER_MISMATCH", "IDEMPOTENCY_PREVIOUS_ATTEMPT_FAILED"})
+_REKEY_CODES = frozenset(
+    {"IDEMPOTENCY_KEY_PARAMETER_MISMATCH", "IDEMPOTENCY_PREVIOUS_ATTEMPT_FAILED"}
+)
 #: Corrected writes per push before giving the keys back to the sink as RETRY.
 _MAX_ROUNDS = 4
 #: Aliased reads per query: keeps one query's requested cost well inside the bucket.
@@ -123,7 +131,7 @@ def _field_index(field: object) -> int | None:
 def _read_query(count: int) -> str:
     params = ", ".join(f"$i{n}: ID!, $l{n}: ID!" for n in range(count))
     fields = " ".join(
-        f'q{n}: inventoryItem(id: $i{n}) {{ inventoryLevel(locationId: $l{n}) '
+        f"q{n}: inventoryItem(id: $i{n}) {{ inventoryLevel(locationId: $l{n}) "
         f'{{ quantities(names: ["available"]) {{ name quantity }} }} }}'
         for n in range(count)
     )
@@ -157,7 +165,9 @@ class ShopifyAdapter:
         """(InventoryItem GID, Location GID) of a record key, or None when unmapped."""
         sku, _, warehouse = key.partition("|")
         item = self.config.inventory_items.get(sku)
-        location = self.config.locations.get(warehouse) if warehouse else self.config.default_location_id
+        location = (
+            self.config.locations.get(warehouse) if warehouse else self.config.default_location_id
+        )
         if item is None or location is None:
             return None
         return item, location
@@ -181,7 +191,10 @@ class ShopifyAdapter:
             resolved = self.resolve(update.key)
             if resolved is None:
                 results[update.key] = PushResult(
-                    update.key, update.version, PushStatus.REJECTED, code="UNMAPPED_KEY",
+                    update.key,
+                    update.version,
+                    PushStatus.REJECTED,
+                    code="UNMAPPED_KEY",
                     detail="no inventory item or location configured for this key",
                 )
             else:
@@ -213,11 +226,18 @@ class ShopifyAdapter:
                 ),
             }
             try:
-                data = self._graphql(OP_SET, SET_MUTATION, variables, self.config.costs.mutation, deadline)
+                data = self._graphql(
+                    OP_SET, SET_MUTATION, variables, self.config.costs.mutation, deadline
+                )
             except _RequestRejected as exc:
                 for u, _, _ in work:
                     results[u.key] = PushResult(
-                        u.key, u.version, PushStatus.REJECTED, exc.status, exc.detail, code="REQUEST_REJECTED"
+                        u.key,
+                        u.version,
+                        PushStatus.REJECTED,
+                        exc.status,
+                        exc.detail,
+                        code="REQUEST_REJECTED",
                     )
                 work = []
                 break
@@ -225,13 +245,19 @@ class ShopifyAdapter:
             errors = payload.get("userErrors") or []
             if not errors:
                 for u, _, _ in work:
-                    results[u.key] = PushResult(u.key, u.version, PushStatus.APPLIED, 200, remote_quantity=u.quantity)
+                    results[u.key] = PushResult(
+                        u.key, u.version, PushStatus.APPLIED, 200, remote_quantity=u.quantity
+                    )
                 work = []
                 break
             work, salt = self._handle_user_errors(work, errors, expected, results, salt, deadline)
         for u, _, _ in work:
             results[u.key] = PushResult(
-                u.key, u.version, PushStatus.RETRY, 200, code="STALE_AFTER_CORRECTIONS",
+                u.key,
+                u.version,
+                PushStatus.RETRY,
+                200,
+                code="STALE_AFTER_CORRECTIONS",
                 detail="the compare value kept changing under us",
             )
         return [results[u.key] for u in updates]
@@ -255,7 +281,9 @@ class ShopifyAdapter:
                 stale.update(range(len(work)) if index is None else {index})
             elif code == "IDEMPOTENCY_CONCURRENT_REQUEST":
                 # The same key is still being processed: the retry must keep the key.
-                raise TransientApiError(f"{OP_SET}: {code}", status=200, detail=self._caller.redactor.body(error))
+                raise TransientApiError(
+                    f"{OP_SET}: {code}", status=200, detail=self._caller.redactor.body(error)
+                )
             elif code in _REKEY_CODES:
                 salt += 1
             elif index is not None and 0 <= index < len(work):
@@ -266,7 +294,11 @@ class ShopifyAdapter:
         for index, error in rejected.items():
             u = work[index][0]
             results[u.key] = PushResult(
-                u.key, u.version, PushStatus.REJECTED, 200, self._caller.redactor.body(error),
+                u.key,
+                u.version,
+                PushStatus.REJECTED,
+                200,
+                self._caller.redactor.body(error),
                 code=str(error.get("code") or "USER_ERROR"),
             )
         stale -= rejected.keys()
@@ -287,8 +319,11 @@ class ShopifyAdapter:
                 variables[f"i{n}"] = item
                 variables[f"l{n}"] = location
             data = self._graphql(
-                OP_READ, _read_query(len(chunk)), variables,
-                self.config.costs.read_per_item * len(chunk), deadline,
+                OP_READ,
+                _read_query(len(chunk)),
+                variables,
+                self.config.costs.read_per_item * len(chunk),
+                deadline,
             )
             for n in range(len(chunk)):
                 out.append(_available_of(data.get(f"q{n}")))
@@ -316,22 +351,41 @@ class ShopifyAdapter:
         order_id = request.channel_order_id
         order_gid = order_id if order_id.startswith("gid://") else f"gid://shopify/Order/{order_id}"
         try:
-            data = self._graphql(OP_ORDER, ORDER_QUERY, {"id": order_gid}, self.config.costs.order_query, deadline)
+            data = self._graphql(
+                OP_ORDER, ORDER_QUERY, {"id": order_gid}, self.config.costs.order_query, deadline
+            )
         except _RequestRejected as exc:
-            return PushResult(request.key, 0, PushStatus.REJECTED, exc.status, exc.detail, code="REQUEST_REJECTED")
+            return PushResult(
+                request.key, 0, PushStatus.REJECTED, exc.status, exc.detail, code="REQUEST_REJECTED"
+            )
         order = data.get("order")
         if not order:
-            return PushResult(request.key, 0, PushStatus.REJECTED, 200, code="ORDER_NOT_FOUND",
-                              detail=f"order {order_gid} not found")
+            return PushResult(
+                request.key,
+                0,
+                PushStatus.REJECTED,
+                200,
+                code="ORDER_NOT_FOUND",
+                detail=f"order {order_gid} not found",
+            )
         for fulfillment in order.get("fulfillments") or []:
             if fulfillment.get("status") in ("CANCELLED", "ERROR", "FAILURE"):
                 continue
-            if any(t.get("number") == request.tracking_number for t in fulfillment.get("trackingInfo") or []):
+            if any(
+                t.get("number") == request.tracking_number
+                for t in fulfillment.get("trackingInfo") or []
+            ):
                 return PushResult(request.key, 0, PushStatus.APPLIED, 200, code="ALREADY_FULFILLED")
         by_order, short = _allocate(order, request)
         if not by_order:
-            return PushResult(request.key, 0, PushStatus.REJECTED, 200, code="NOTHING_TO_FULFILL",
-                              detail=f"no remaining quantity for {sorted(short)}")
+            return PushResult(
+                request.key,
+                0,
+                PushStatus.REJECTED,
+                200,
+                code="NOTHING_TO_FULFILL",
+                detail=f"no remaining quantity for {sorted(short)}",
+            )
         with_key = self.config.fulfillment_idempotency
         mutation = _FULFILL_TEMPLATE.format(
             key_var=", $idempotencyKey: String!" if with_key else "",
@@ -355,14 +409,24 @@ class ShopifyAdapter:
                 self.channel, ["fulfill", request.channel_order_id, request.shipment_id]
             )
         try:
-            data = self._graphql(OP_FULFILL, mutation, variables, self.config.costs.mutation, deadline)
+            data = self._graphql(
+                OP_FULFILL, mutation, variables, self.config.costs.mutation, deadline
+            )
         except _RequestRejected as exc:
-            return PushResult(request.key, 0, PushStatus.REJECTED, exc.status, exc.detail, code="REQUEST_REJECTED")
+            return PushResult(
+                request.key, 0, PushStatus.REJECTED, exc.status, exc.detail, code="REQUEST_REJECTED"
+            )
         payload = data.get(OP_FULFILL) or {}
         errors = payload.get("userErrors") or []
         if errors or not payload.get("fulfillment"):
-            return PushResult(request.key, 0, PushStatus.REJECTED, 200, self._caller.redactor.body(errors),
-                              code="USER_ERROR")
+            return PushResult(
+                request.key,
+                0,
+                PushStatus.REJECTED,
+                200,
+                self._caller.redactor.body(errors),
+                code="USER_ERROR",
+            )
         return PushResult(request.key, 0, PushStatus.APPLIED, 200, code="PARTIAL" if short else "")
 
     # -- transport -----------------------------------------------------------------------------
@@ -373,7 +437,12 @@ class ShopifyAdapter:
         """POST one GraphQL document; return ``data`` or raise the matching error."""
         redactor = self._caller.redactor
         response = self._caller.send(
-            operation, "POST", self._url, endpoint=ENDPOINT, cost=cost, deadline=deadline,
+            operation,
+            "POST",
+            self._url,
+            endpoint=ENDPOINT,
+            cost=cost,
+            deadline=deadline,
             headers={
                 "X-Shopify-Access-Token": self._token.get_secret_value(),
                 "Content-Type": "application/json",
@@ -383,38 +452,65 @@ class ShopifyAdapter:
         )
         status = response.status_code
         if status in (401, 403):
-            raise ApiAuthError(f"{operation}: HTTP {status}", status=status, detail=redactor.body(response.content))
+            raise ApiAuthError(
+                f"{operation}: HTTP {status}", status=status, detail=redactor.body(response.content)
+            )
         if status == 404:
             # A wrong shop URL or API version: an operator problem; keep the backlog.
-            raise ApiUnavailableError(f"{operation}: HTTP 404", status=404, detail=redactor.body(response.content))
+            raise ApiUnavailableError(
+                f"{operation}: HTTP 404", status=404, detail=redactor.body(response.content)
+            )
         if status >= 400:
-            raise _RequestRejected(f"{operation}: HTTP {status}", status=status, detail=redactor.body(response.content))
+            raise _RequestRejected(
+                f"{operation}: HTTP {status}", status=status, detail=redactor.body(response.content)
+            )
         try:
             body = response.json()
         except ValueError:
-            raise TransientApiError(f"{operation}: answer is not JSON", status=status,
-                                    detail=redactor.body(response.content)) from None
+            raise TransientApiError(
+                f"{operation}: answer is not JSON",
+                status=status,
+                detail=redactor.body(response.content),
+            ) from None
         cost_info = (body.get("extensions") or {}).get("cost") or {}
         throttle = cost_info.get("throttleStatus") or {}
         if "currentlyAvailable" in throttle:
             self._caller.limiter.observe(operation, float(throttle["currentlyAvailable"]))
         errors = body.get("errors")
         if errors:
-            codes = {str((e.get("extensions") or {}).get("code", "")) for e in errors if isinstance(e, dict)}
+            codes = {
+                str((e.get("extensions") or {}).get("code", ""))
+                for e in errors
+                if isinstance(e, dict)
+            }
             if "THROTTLED" in codes:
                 retry_after = _throttle_wait(cost_info)
                 self._caller.limiter.penalize(operation, retry_after)
-                metric("MARKETPLACE_THROTTLED").labels(channel=self.channel, operation=operation).inc()
-                raise ThrottledError(f"{operation}: THROTTLED", status=status,
-                                     detail=redactor.body(body), retry_after=retry_after)
+                metric("MARKETPLACE_THROTTLED").labels(
+                    channel=self.channel, operation=operation
+                ).inc()
+                raise ThrottledError(
+                    f"{operation}: THROTTLED",
+                    status=status,
+                    detail=redactor.body(body),
+                    retry_after=retry_after,
+                )
             if codes & {"INTERNAL_SERVER_ERROR", "SERVICE_UNAVAILABLE", "TIMEOUT"}:
-                raise TransientApiError(f"{operation}: {sorted(codes)}", status=status, detail=redactor.body(body))
+                raise TransientApiError(
+                    f"{operation}: {sorted(codes)}", status=status, detail=redactor.body(body)
+                )
             if "ACCESS_DENIED" in codes:
-                raise ApiAuthError(f"{operation}: ACCESS_DENIED", status=status, detail=redactor.body(body))
-            raise _RequestRejected(f"{operation}: GraphQL errors", status=status, detail=redactor.body(body))
+                raise ApiAuthError(
+                    f"{operation}: ACCESS_DENIED", status=status, detail=redactor.body(body)
+                )
+            raise _RequestRejected(
+                f"{operation}: GraphQL errors", status=status, detail=redactor.body(body)
+            )
         data = body.get("data")
         if not isinstance(data, dict):
-            raise TransientApiError(f"{operation}: answer has no data", status=status, detail=redactor.body(body))
+            raise TransientApiError(
+                f"{operation}: answer has no data", status=status, detail=redactor.body(body)
+            )
         return data
 
 
@@ -444,7 +540,9 @@ def _available_of(item: Any) -> int | None:
     return None
 
 
-def _allocate(order: dict[str, Any], request: FulfillmentRequest) -> tuple[dict[str, list[tuple[str, int]]], set[str]]:
+def _allocate(
+    order: dict[str, Any], request: FulfillmentRequest
+) -> tuple[dict[str, list[tuple[str, int]]], set[str]]:
     """Spread the shipment's lines over the open fulfillment order line items, by SKU.
 
     Returns {fulfillment order id: [(line item id, qty)]} and the SKUs that could not be placed

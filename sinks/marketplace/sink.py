@@ -189,7 +189,9 @@ class MarketplaceSink:
     def add(self, record: Mapping[str, Any]) -> bool:
         """Take one availability record; return False when it is not newer than the key's last."""
         if record.get("channel") != self.channel:
-            raise ValueError(f"record of channel {record.get('channel')!r} given to the {self.channel!r} sink")
+            raise ValueError(
+                f"record of channel {record.get('channel')!r} given to the {self.channel!r} sink"
+            )
         key = record_key(record)
         version = int(record["version"])
         state = self._states.get(key)
@@ -302,8 +304,13 @@ class MarketplaceSink:
                 repairs += 1
                 self.stats.drift_repairs += 1
                 metric("MARKETPLACE_DRIFT_REPAIRS").labels(channel=self.channel).inc()
-                _log.info("drift on %s/%s: live %s, last record %s", self.channel, key, value,
-                          state.record["available"])
+                _log.info(
+                    "drift on %s/%s: live %s, last record %s",
+                    self.channel,
+                    key,
+                    value,
+                    state.record["available"],
+                )
                 state.attempts = 0
                 state.retry_at = 0.0
                 state.dead_permanent = False
@@ -389,8 +396,12 @@ class MarketplaceSink:
 
     def _push_chunk(self, keys: list[str], deadline: float) -> str | None:
         live: list[InventoryUpdate] = [
-            InventoryUpdate(k, self._states[k].version, int(self._states[k].record["available"]),  # type: ignore[index]
-                            self._states[k].confirmed_qty)
+            InventoryUpdate(
+                k,
+                self._states[k].version,
+                int(self._states[k].record["available"]),  # type: ignore[index]
+                self._states[k].confirmed_qty,
+            )
             for k in keys
         ]
 
@@ -405,8 +416,14 @@ class MarketplaceSink:
                 state = self._states[update.key]
                 state.attempts += 1
                 if state.attempts >= self._retry.max_attempts:
-                    self._to_dead_letter(update.key, "RETRY_BUDGET_EXHAUSTED", exc.status, "TRANSIENT",
-                                         exc.detail or str(exc), permanent=False)
+                    self._to_dead_letter(
+                        update.key,
+                        "RETRY_BUDGET_EXHAUSTED",
+                        exc.status,
+                        "TRANSIENT",
+                        exc.detail or str(exc),
+                        permanent=False,
+                    )
                 else:
                     keep.append(update)
             live = keep
@@ -418,8 +435,12 @@ class MarketplaceSink:
 
         outcome = guarded_call(
             lambda: self.adapter.push(live, deadline),
-            deadline=deadline, retry=self._retry, on_transient=on_transient, on_deferred=on_deferred,
-            clock=self._clock, sleep=self._sleep,
+            deadline=deadline,
+            retry=self._retry,
+            on_transient=on_transient,
+            on_deferred=on_deferred,
+            clock=self._clock,
+            sleep=self._sleep,
         )
         if outcome.value is not None:
             for result in outcome.value:
@@ -449,19 +470,38 @@ class MarketplaceSink:
             self._backlog.discard(result.key)
             self.stats.accepted_pending += 1
         elif result.status is PushStatus.REJECTED:
-            self._to_dead_letter(result.key, "REJECTED", result.http_status, result.code, result.detail,
-                                 permanent=True)
+            self._to_dead_letter(
+                result.key,
+                "REJECTED",
+                result.http_status,
+                result.code,
+                result.detail,
+                permanent=True,
+            )
         else:  # RETRY: a per-item transient outcome
             state.attempts += 1
             self.stats.retries += 1
             if state.attempts >= self._retry.max_attempts:
-                self._to_dead_letter(result.key, "RETRY_BUDGET_EXHAUSTED", result.http_status, result.code,
-                                     result.detail, permanent=False)
+                self._to_dead_letter(
+                    result.key,
+                    "RETRY_BUDGET_EXHAUSTED",
+                    result.http_status,
+                    result.code,
+                    result.detail,
+                    permanent=False,
+                )
             else:
                 state.retry_at = now + backoff_delay(state.attempts, self._retry, rng=self._rng)
 
     def _to_dead_letter(
-        self, key: str, reason: str, http_status: int | None, code: str, response: str, *, permanent: bool
+        self,
+        key: str,
+        reason: str,
+        http_status: int | None,
+        code: str,
+        response: str,
+        *,
+        permanent: bool,
     ) -> None:
         state = self._states[key]
         letter = MarketplaceDeadLetter(
@@ -483,8 +523,15 @@ class MarketplaceSink:
         self._backlog.discard(key)
         self.stats.dead_letters += 1
         metric("MARKETPLACE_DEAD_LETTERS").labels(channel=self.channel).inc()
-        _log.warning("dead letter %s/%s v%s: %s %s (HTTP %s)", self.channel, key, state.version, reason, code,
-                     http_status)
+        _log.warning(
+            "dead letter %s/%s v%s: %s %s (HTTP %s)",
+            self.channel,
+            key,
+            state.version,
+            reason,
+            code,
+            http_status,
+        )
         if self._dead_letter is not None:
             try:
                 self._dead_letter(letter)
@@ -519,10 +566,14 @@ class MultiChannelSink:
         dead_letter: DeadLetterCallback | None = None,
     ) -> MultiChannelSink:
         client = redis_client or redis_client_for(config)
-        return cls({
-            channel_id: MarketplaceSink.from_config(config, channel_id, redis_client=client, dead_letter=dead_letter)
-            for channel_id in config.channels
-        })
+        return cls(
+            {
+                channel_id: MarketplaceSink.from_config(
+                    config, channel_id, redis_client=client, dead_letter=dead_letter
+                )
+                for channel_id in config.channels
+            }
+        )
 
     def add(self, record: Mapping[str, Any]) -> bool:
         sink = self.sinks.get(str(record.get("channel")))

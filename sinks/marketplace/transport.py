@@ -101,7 +101,12 @@ class ApiCaller:
         started = time.monotonic()
         try:
             response = self.client.request(
-                method, url, headers=headers, json=json, params=params, data=data,
+                method,
+                url,
+                headers=headers,
+                json=json,
+                params=params,
+                data=data,
                 timeout=self._timeout(deadline - started),
             )
         except httpx.TimeoutException as exc:
@@ -161,7 +166,12 @@ class ApiCaller:
         def cut(value: float | None) -> float:
             return cap if value is None else min(value, cap)
 
-        return httpx.Timeout(connect=cut(base.connect), read=cut(base.read), write=cut(base.write), pool=cut(base.pool))
+        return httpx.Timeout(
+            connect=cut(base.connect),
+            read=cut(base.read),
+            write=cut(base.write),
+            pool=cut(base.pool),
+        )
 
     def _count(self, labels: dict[str, str], status: str, started: float) -> None:
         metric("MARKETPLACE_REQUESTS").labels(status=status, **labels).inc()

@@ -106,7 +106,9 @@ class AmazonEmulator:
         self._seq = itertools.count()
         self.submissions: list[dict[str, Any]] = []
         self.orders: dict[str, list[dict[str, Any]]] = {}
-        self.confirmations: dict[str, dict[str, dict[str, Any]]] = {}  # order -> package ref -> body
+        self.confirmations: dict[
+            str, dict[str, dict[str, Any]]
+        ] = {}  # order -> package ref -> body
         self.server = EmulatorServer(self._handle, self.state, "amazon")
         self.faults = self.server.faults
         self.log = self.server.log
@@ -164,8 +166,13 @@ class AmazonEmulator:
     def add_order(self, order_id: str, lines: list[tuple[str, int]]) -> None:
         with self._lock:
             self.orders[order_id] = [
-                {"ASIN": f"B0{n:08d}", "SellerSKU": sku, "OrderItemId": f"{order_id.replace('-', '')}{n:03d}",
-                 "QuantityOrdered": qty, "QuantityShipped": 0}
+                {
+                    "ASIN": f"B0{n:08d}",
+                    "SellerSKU": sku,
+                    "OrderItemId": f"{order_id.replace('-', '')}{n:03d}",
+                    "QuantityOrdered": qty,
+                    "QuantityShipped": 0,
+                }
                 for n, (sku, qty) in enumerate(lines, start=1)
             ]
             self.confirmations.setdefault(order_id, {})
@@ -195,28 +202,47 @@ class AmazonEmulator:
             listing = _LISTING_RE.match(request.path)
             if listing and request.method in ("PATCH", "GET"):
                 op = "patchListingsItem" if request.method == "PATCH" else "getListingsItem"
-                return self._guarded(op, request, lambda: self._listing(op, request, *listing.groups()))
+                return self._guarded(
+                    op, request, lambda: self._listing(op, request, *listing.groups())
+                )
             items = _ORDER_ITEMS_RE.match(request.path)
             if items and request.method == "GET":
-                return self._guarded("getOrderItems", request, lambda: self._order_items(unquote(items.group(1))))
+                return self._guarded(
+                    "getOrderItems", request, lambda: self._order_items(unquote(items.group(1)))
+                )
             confirm = _CONFIRM_RE.match(request.path)
             if confirm and request.method == "POST":
-                return self._guarded("confirmShipment", request,
-                                     lambda: self._confirm(request, unquote(confirm.group(1))))
+                return self._guarded(
+                    "confirmShipment",
+                    request,
+                    lambda: self._confirm(request, unquote(confirm.group(1))),
+                )
             return Response(404, _errors("NotFound", "Resource not found"), operation="?")
 
     def _guarded(self, op: str, request: Request, body: Any) -> Response:
         limit = f"{self.limits[op][0]:g}"
         expiry = self._tokens.get(request.headers.get("x-amz-access-token", ""))
         if expiry is None or expiry < time.monotonic():
-            response = Response(403, _errors("Unauthorized", "Access to requested resource is denied.",
-                                             "The access token you provided is revoked, malformed or invalid."),
-                                operation=op, note="unauthorized")
+            response = Response(
+                403,
+                _errors(
+                    "Unauthorized",
+                    "Access to requested resource is denied.",
+                    "The access token you provided is revoked, malformed or invalid.",
+                ),
+                operation=op,
+                note="unauthorized",
+            )
         else:
             wait = self._buckets[op].take()
             if wait > 0:
-                response = Response(429, _errors("QuotaExceeded", "You exceeded your quota for the requested resource."),
-                                    {"Retry-After": f"{max(0.05, wait):.3f}"}, operation=op, note="throttled")
+                response = Response(
+                    429,
+                    _errors("QuotaExceeded", "You exceeded your quota for the requested resource."),
+                    {"Retry-After": f"{max(0.05, wait):.3f}"},
+                    operation=op,
+                    note="throttled",
+                )
             else:
                 response = body()
                 response.operation = op
@@ -228,33 +254,67 @@ class AmazonEmulator:
     def _token(self, request: Request) -> Response:
         form = {k: v[0] for k, v in parse_qs(request.body.decode("utf-8")).items()}
         if form.get("grant_type") != "refresh_token":
-            return Response(400, {"error": "unsupported_grant_type", "error_description": "grant_type"},
-                            operation="lwaToken")
-        if form.get("client_id") != self.client_id or form.get("client_secret") != self.client_secret:
-            return Response(401, {"error": "invalid_client", "error_description": "Client authentication failed"},
-                            operation="lwaToken")
+            return Response(
+                400,
+                {"error": "unsupported_grant_type", "error_description": "grant_type"},
+                operation="lwaToken",
+            )
+        if (
+            form.get("client_id") != self.client_id
+            or form.get("client_secret") != self.client_secret
+        ):
+            return Response(
+                401,
+                {"error": "invalid_client", "error_description": "Client authentication failed"},
+                operation="lwaToken",
+            )
         if form.get("refresh_token") != self.refresh_token:
-            return Response(400, {"error": "invalid_grant", "error_description": "The request has an invalid grant parameter"},
-                            operation="lwaToken")
+            return Response(
+                400,
+                {
+                    "error": "invalid_grant",
+                    "error_description": "The request has an invalid grant parameter",
+                },
+                operation="lwaToken",
+            )
         token = "Atza|" + secrets.token_urlsafe(32)
         self._tokens[token] = time.monotonic() + self.token_ttl_s
-        return Response(200, {"access_token": token, "token_type": "bearer", "expires_in": self.token_ttl_s},
-                        operation="lwaToken")
+        return Response(
+            200,
+            {"access_token": token, "token_type": "bearer", "expires_in": self.token_ttl_s},
+            operation="lwaToken",
+        )
 
     def _listing(self, op: str, request: Request, seller_id: str, raw_sku: str) -> Response:
         sku = unquote(raw_sku)
         if seller_id != self.seller_id:
             return Response(403, _errors("Unauthorized", "Access to requested resource is denied."))
         if request.param("marketplaceIds") != self.marketplace_id:
-            return Response(400, _errors("InvalidInput", "marketplaceIds is required and must be the seller's marketplace"))
+            return Response(
+                400,
+                _errors(
+                    "InvalidInput",
+                    "marketplaceIds is required and must be the seller's marketplace",
+                ),
+            )
         if op == "getListingsItem":
             if sku not in self.listings:
-                return Response(404, _errors("NOT_FOUND", f"SKU '{sku}' not found in marketplace {self.marketplace_id}"))
+                return Response(
+                    404,
+                    _errors(
+                        "NOT_FOUND", f"SKU '{sku}' not found in marketplace {self.marketplace_id}"
+                    ),
+                )
             included = (request.param("includedData") or "summaries").split(",")
             body: dict[str, Any] = {"sku": sku}
             if "summaries" in included:
-                body["summaries"] = [{"marketplaceId": self.marketplace_id, "productType": "PRODUCT",
-                                      "status": ["BUYABLE"]}]
+                body["summaries"] = [
+                    {
+                        "marketplaceId": self.marketplace_id,
+                        "productType": "PRODUCT",
+                        "status": ["BUYABLE"],
+                    }
+                ]
             if "fulfillmentAvailability" in included:
                 body["fulfillmentAvailability"] = [
                     {"fulfillmentChannelCode": "DEFAULT", "quantity": self.listings[sku]}
@@ -266,17 +326,38 @@ class AmazonEmulator:
             patch = request.json()
             quantity = self._check_patch(patch)
         except (ValueError, KeyError, TypeError) as exc:
-            return Response(400, _errors("InvalidInput", f"Invalid request body: {exc}"), note="invalid")
+            return Response(
+                400, _errors("InvalidInput", f"Invalid request body: {exc}"), note="invalid"
+            )
         submission_id = secrets.token_hex(16)
         if quantity < 0:
-            return Response(200, {"sku": sku, "status": "INVALID", "submissionId": submission_id, "issues": [
-                {"code": "4000001", "message": "quantity must be 0 or more", "severity": "ERROR",
-                 "attributeNames": ["fulfillment_availability"]}]}, note="invalid-quantity")
+            return Response(
+                200,
+                {
+                    "sku": sku,
+                    "status": "INVALID",
+                    "submissionId": submission_id,
+                    "issues": [
+                        {
+                            "code": "4000001",
+                            "message": "quantity must be 0 or more",
+                            "severity": "ERROR",
+                            "attributeNames": ["fulfillment_availability"],
+                        }
+                    ],
+                },
+                note="invalid-quantity",
+            )
         apply_at = time.monotonic() + self._rng.uniform(*self.processing_delay)
         heapq.heappush(self._queue, (apply_at, next(self._seq), sku, quantity))
-        self.submissions.append({"t": time.time(), "sku": sku, "quantity": quantity, "submissionId": submission_id})
-        return Response(200, {"sku": sku, "status": "ACCEPTED", "submissionId": submission_id, "issues": []},
-                        note="accepted")
+        self.submissions.append(
+            {"t": time.time(), "sku": sku, "quantity": quantity, "submissionId": submission_id}
+        )
+        return Response(
+            200,
+            {"sku": sku, "status": "ACCEPTED", "submissionId": submission_id, "issues": []},
+            note="accepted",
+        )
 
     @staticmethod
     def _check_patch(patch: dict[str, Any]) -> int:
@@ -290,14 +371,18 @@ class AmazonEmulator:
             if op["op"] not in ("add", "replace", "merge", "delete"):
                 raise ValueError(f"unsupported op {op['op']!r}")
             if op["path"] != "/attributes/fulfillment_availability":
-                raise ValueError(f"the emulator only supports fulfillment_availability, not {op['path']!r}")
+                raise ValueError(
+                    f"the emulator only supports fulfillment_availability, not {op['path']!r}"
+                )
             value = op["value"]
             if not isinstance(value, list) or len(value) != 1:
                 raise ValueError("fulfillment_availability takes one value")
             entry = value[0]
             if not isinstance(entry.get("fulfillment_channel_code"), str):
                 raise ValueError("fulfillment_channel_code is required")
-            if not isinstance(entry.get("quantity"), int) or isinstance(entry.get("quantity"), bool):
+            if not isinstance(entry.get("quantity"), int) or isinstance(
+                entry.get("quantity"), bool
+            ):
                 raise ValueError("quantity must be an integer")
             quantity = entry["quantity"]
         if quantity is None:
@@ -337,7 +422,11 @@ class AmazonEmulator:
                 if not isinstance(item["quantity"], int) or not 0 < item["quantity"] <= ordered:
                     raise ValueError(f"invalid quantity for {item['orderItemId']}")
         except (ValueError, KeyError, TypeError) as exc:
-            return Response(400, _errors("InvalidInput", f"Invalid shipment confirmation: {exc}"), note="invalid")
+            return Response(
+                400,
+                _errors("InvalidInput", f"Invalid shipment confirmation: {exc}"),
+                note="invalid",
+            )
         packages = self.confirmations.setdefault(order_id, {})
         note = "edited" if ref in packages else "confirmed"
         packages[ref] = package

@@ -25,7 +25,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-__all__ = ["EmulatorServer", "FaultPlan", "LogEntry", "Request", "RequestLog", "Response", "free_port"]
+__all__ = [
+    "EmulatorServer",
+    "FaultPlan",
+    "LogEntry",
+    "Request",
+    "RequestLog",
+    "Response",
+    "free_port",
+]
 
 
 def free_port() -> int:
@@ -102,7 +110,9 @@ class RequestLog:
         with self._lock:
             self._entries.clear()
 
-    def count(self, *, operation: str | None = None, status: int | None = None, note: str | None = None) -> int:
+    def count(
+        self, *, operation: str | None = None, status: int | None = None, note: str | None = None
+    ) -> int:
         return sum(
             1
             for e in self.entries(operation)
@@ -110,7 +120,9 @@ class RequestLog:
         )
 
     @staticmethod
-    def max_in_window(entries: list[LogEntry], window_s: float, weight: Callable[[LogEntry], float]) -> float:
+    def max_in_window(
+        entries: list[LogEntry], window_s: float, weight: Callable[[LogEntry], float]
+    ) -> float:
         """The largest total ``weight`` of entries arriving within any ``window_s`` span."""
         times = sorted((e.t, weight(e)) for e in entries)
         best = 0.0
@@ -151,8 +163,13 @@ class FaultPlan:
             self._down_until = time.monotonic() + seconds
             self._down_mode = mode
 
-    def storm(self, seconds: float, statuses: tuple[int, ...] = (429, 500, 503), probability: float = 1.0,
-              retry_after: float = 1.0) -> None:
+    def storm(
+        self,
+        seconds: float,
+        statuses: tuple[int, ...] = (429, 500, 503),
+        probability: float = 1.0,
+        retry_after: float = 1.0,
+    ) -> None:
         """Answer ``statuses`` (drawn at random) with ``probability`` for ``seconds``."""
         with self._lock:
             self._storm_until = time.monotonic() + seconds
@@ -178,8 +195,12 @@ class FaultPlan:
         if "down_for" in spec:
             self.down_for(float(spec["down_for"]), str(spec.get("down_mode", "drop")))
         if "storm_for" in spec:
-            self.storm(float(spec["storm_for"]), tuple(spec.get("statuses", (429, 500, 503))),
-                       float(spec.get("probability", 1.0)), float(spec.get("retry_after", 1.0)))
+            self.storm(
+                float(spec["storm_for"]),
+                tuple(spec.get("statuses", (429, 500, 503))),
+                float(spec.get("probability", 1.0)),
+                float(spec.get("retry_after", 1.0)),
+            )
         if "slow_for" in spec:
             self.slow(float(spec["slow_for"]), float(spec.get("delay", 1.0)))
         if "fail_next" in spec:
@@ -195,9 +216,22 @@ class FaultPlan:
                 status = self._fail_next.pop(0)
                 return ("drop" if status == 0 else "answer", status, 1.0, delay)
             if now < self._down_until:
-                return ("drop", 0, 0.0, 0.0) if self._down_mode == "drop" else ("answer", 503, 1.0, 0.0)
-            if now < self._storm_until and self._storm_statuses and self._rng.random() < self._storm_probability:
-                return ("answer", self._rng.choice(self._storm_statuses), self._storm_retry_after, delay)
+                return (
+                    ("drop", 0, 0.0, 0.0)
+                    if self._down_mode == "drop"
+                    else ("answer", 503, 1.0, 0.0)
+                )
+            if (
+                now < self._storm_until
+                and self._storm_statuses
+                and self._rng.random() < self._storm_probability
+            ):
+                return (
+                    "answer",
+                    self._rng.choice(self._storm_statuses),
+                    self._storm_retry_after,
+                    delay,
+                )
             return ("pass", 0, 0.0, delay)
 
     @property
@@ -231,7 +265,12 @@ class EmulatorServer:
         server = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
         server.daemon_threads = True
         self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, name=f"{self.name}-emulator", daemon=True)
+        self._thread = threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"{self.name}-emulator",
+            daemon=True,
+        )
         self._thread.start()
         return self
 
@@ -293,7 +332,9 @@ def _make_handler(emulator: EmulatorServer) -> type[BaseHTTPRequestHandler]:
             if delay:
                 time.sleep(delay)
             if action == "drop":
-                emulator.log.append(LogEntry(arrived, request.method, request.path, "", 0, 0.0, "dropped"))
+                emulator.log.append(
+                    LogEntry(arrived, request.method, request.path, "", 0, 0.0, "dropped")
+                )
                 self.close_connection = True
                 try:
                     self.connection.shutdown(socket.SHUT_RDWR)
@@ -302,16 +343,29 @@ def _make_handler(emulator: EmulatorServer) -> type[BaseHTTPRequestHandler]:
                 return
             if action == "answer":
                 headers = {"Retry-After": f"{retry_after:g}"} if status in (429, 503) else {}
-                response = Response(status, {"errors": [{"code": "InjectedFault", "message": f"HTTP {status}"}]},
-                                    headers, note="injected")
+                response = Response(
+                    status,
+                    {"errors": [{"code": "InjectedFault", "message": f"HTTP {status}"}]},
+                    headers,
+                    note="injected",
+                )
             else:
                 try:
                     response = emulator.handler(request)
                 except Exception as exc:  # noqa: BLE001 - an emulator bug must show as a 500
-                    response = Response(500, {"errors": [{"message": f"emulator error: {exc!r}"}]}, note="bug")
+                    response = Response(
+                        500, {"errors": [{"message": f"emulator error: {exc!r}"}]}, note="bug"
+                    )
             emulator.log.append(
-                LogEntry(arrived, request.method, request.path, response.operation, response.status,
-                         response.cost, response.note)
+                LogEntry(
+                    arrived,
+                    request.method,
+                    request.path,
+                    response.operation,
+                    response.status,
+                    response.cost,
+                    response.note,
+                )
             )
             self._write(response)
 

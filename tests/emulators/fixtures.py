@@ -90,8 +90,11 @@ def shopify_emulator() -> Iterator[ShopifyEmulator]:
 @pytest.fixture
 def amazon_emulator() -> Iterator[AmazonEmulator]:
     emulator = AmazonEmulator(
-        seller_id="A2SELLER", marketplace_id="ATVPDKIKX0DER",
-        client_id=AMAZON_CLIENT_ID, client_secret=AMAZON_CLIENT_SECRET, refresh_token=AMAZON_REFRESH_TOKEN,
+        seller_id="A2SELLER",
+        marketplace_id="ATVPDKIKX0DER",
+        client_id=AMAZON_CLIENT_ID,
+        client_secret=AMAZON_CLIENT_SECRET,
+        refresh_token=AMAZON_REFRESH_TOKEN,
         limits={"patchListingsItem": (20.0, 10.0), "getListingsItem": (20.0, 10.0)},
         processing_delay=(0.05, 0.25),
     )
@@ -100,7 +103,9 @@ def amazon_emulator() -> Iterator[AmazonEmulator]:
     emulator.stop()
 
 
-def shopify_channel(url: str, skus: int = 20, warehouses: tuple[str, ...] = ("ATL1", "DAL1"), **overrides: Any) -> dict[str, Any]:
+def shopify_channel(
+    url: str, skus: int = 20, warehouses: tuple[str, ...] = ("ATL1", "DAL1"), **overrides: Any
+) -> dict[str, Any]:
     """A shopify channel config dict: SKU-<n> -> InventoryItem/<1000+n>, warehouse i -> Location/<i+1>."""
     channel: dict[str, Any] = {
         "kind": "shopify",
@@ -108,7 +113,9 @@ def shopify_channel(url: str, skus: int = 20, warehouses: tuple[str, ...] = ("AT
         "shop": "atpflow-test",
         "access_token": {"env": "TEST_SHOPIFY_TOKEN"},
         "locations": {wh: f"gid://shopify/Location/{i + 1}" for i, wh in enumerate(warehouses)},
-        "inventory_items": {f"SKU-{n}": f"gid://shopify/InventoryItem/{1000 + n}" for n in range(skus)},
+        "inventory_items": {
+            f"SKU-{n}": f"gid://shopify/InventoryItem/{1000 + n}" for n in range(skus)
+        },
         "rate_limit": {"rate": 80, "burst": 150},
         "retry": {"max_attempts": 6, "base_delay_s": 0.05, "max_delay_s": 0.5},
         "breaker": {"failure_threshold": 3, "open_seconds": 0.5},
@@ -133,7 +140,10 @@ def amazon_channel(url: str, **overrides: Any) -> dict[str, Any]:
             "refresh_token": {"env": "TEST_LWA_REFRESH_TOKEN"},
         },
         "settle_s": 0.4,
-        "rate_limits": {"patchListingsItem": {"rate": 16, "burst": 8}, "getListingsItem": {"rate": 16, "burst": 8}},
+        "rate_limits": {
+            "patchListingsItem": {"rate": 16, "burst": 8},
+            "getListingsItem": {"rate": 16, "burst": 8},
+        },
         "retry": {"max_attempts": 6, "base_delay_s": 0.05, "max_delay_s": 0.5},
         "breaker": {"failure_threshold": 3, "open_seconds": 0.5},
         "read_timeout_s": 2.0,

@@ -9,7 +9,12 @@ __all__ = ["availability_record", "last_per_key", "record_stream"]
 
 
 def availability_record(
-    channel: str, sku: str, location: str | None, available: int, version: int, previous: int | None = None,
+    channel: str,
+    sku: str,
+    location: str | None,
+    available: int,
+    version: int,
+    previous: int | None = None,
     source_id: str = "T1",
 ) -> dict[str, Any]:
     warehouses = [location] if location else ["ATL1", "DAL1", "RNO1"]
@@ -24,8 +29,15 @@ def availability_record(
         "source": "wms",
         "source_id": source_id,
         "warehouses": [
-            {"warehouse": wh, "on_hand": available + 2, "on_hold": 0, "reserved": 0, "incoming": 0,
-             "atp": available + 2, "erp_book": None}
+            {
+                "warehouse": wh,
+                "on_hand": available + 2,
+                "on_hold": 0,
+                "reserved": 0,
+                "incoming": 0,
+                "atp": available + 2,
+                "erp_book": None,
+            }
             for wh in warehouses
         ],
         "base": available + 2,
@@ -55,8 +67,17 @@ def record_stream(
         for version in range(1, rng.randint(1, max_versions) + 1):
             available = rng.choice([0, 0, rng.randint(1, 40)])
             n += 1
-            seq.append(availability_record(channel, sku, location, available, version_base + version,
-                                           previous, source_id=f"T{n}"))
+            seq.append(
+                availability_record(
+                    channel,
+                    sku,
+                    location,
+                    available,
+                    version_base + version,
+                    previous,
+                    source_id=f"T{n}",
+                )
+            )
             previous = available
         queues.append(seq)
     out: list[dict[str, Any]] = []

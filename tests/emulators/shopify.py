@@ -127,12 +127,27 @@ _ITEM_RE = re.compile(r"^gid://shopify/InventoryItem/\d+$")
 _LOCATION_RE = re.compile(r"^gid://shopify/Location/\d+$")
 _VERSION_RE = re.compile(r"^/admin/api/(\d{4}-\d{2}|unstable)/graphql\.json$")
 #: A subset of the documented reasons for inventory changes.
-_REASONS = frozenset({
-    "correction", "cycle_count_available", "damaged", "movement_created", "movement_updated",
-    "movement_received", "movement_canceled", "other", "promotion", "quality_control", "received",
-    "reservation_created", "reservation_deleted", "reservation_updated", "restock", "safety_stock",
-    "shrinkage",
-})
+_REASONS = frozenset(
+    {
+        "correction",
+        "cycle_count_available",
+        "damaged",
+        "movement_created",
+        "movement_updated",
+        "movement_received",
+        "movement_canceled",
+        "other",
+        "promotion",
+        "quality_control",
+        "received",
+        "reservation_created",
+        "reservation_deleted",
+        "reservation_updated",
+        "restock",
+        "safety_stock",
+        "shrinkage",
+    }
+)
 _MUTATION_COST = 10.0
 
 
@@ -217,28 +232,43 @@ class ShopifyEmulator:
             gid = f"gid://shopify/Order/{order_id}"
             fo_id = f"gid://shopify/FulfillmentOrder/{next(self._ids)}"
             items = [
-                {"id": f"gid://shopify/FulfillmentOrderLineItem/{next(self._ids)}", "sku": sku,
-                 "totalQuantity": qty, "remainingQuantity": qty}
+                {
+                    "id": f"gid://shopify/FulfillmentOrderLineItem/{next(self._ids)}",
+                    "sku": sku,
+                    "totalQuantity": qty,
+                    "remainingQuantity": qty,
+                }
                 for sku, qty in lines
             ]
             self.orders[gid] = {
-                "id": gid, "name": f"#{order_id}", "fulfillments": [],
+                "id": gid,
+                "name": f"#{order_id}",
+                "fulfillments": [],
                 "fulfillmentOrders": [{"id": fo_id, "status": "OPEN", "lineItems": items}],
             }
             return gid
 
     def fulfillments(self, order_id: int | str) -> list[dict[str, Any]]:
-        gid = str(order_id) if str(order_id).startswith("gid://") else f"gid://shopify/Order/{order_id}"
+        gid = (
+            str(order_id)
+            if str(order_id).startswith("gid://")
+            else f"gid://shopify/Order/{order_id}"
+        )
         with self._lock:
             return json.loads(json.dumps(self.orders[gid]["fulfillments"]))
 
     def state(self) -> dict[str, Any]:
         with self._lock:
             return {
-                "levels": [{"inventoryItemId": i, "locationId": loc, "available": q}
-                           for (i, loc), q in sorted(self.levels.items())],
+                "levels": [
+                    {"inventoryItemId": i, "locationId": loc, "available": q}
+                    for (i, loc), q in sorted(self.levels.items())
+                ],
                 "orders": json.loads(json.dumps(self.orders)),
-                "bucket": {"maximumAvailable": self.max_available, "restoreRate": self.restore_rate},
+                "bucket": {
+                    "maximumAvailable": self.max_available,
+                    "restoreRate": self.restore_rate,
+                },
             }
 
     # -- HTTP ----------------------------------------------------------------------------------
@@ -247,8 +277,13 @@ class ShopifyEmulator:
         if request.method != "POST" or not _VERSION_RE.match(request.path):
             return Response(404, {"errors": "Not Found"}, operation="?")
         if request.headers.get("x-shopify-access-token") != self.access_token:
-            return Response(401, {"errors": "[API] Invalid API key or access token (unrecognized login or wrong password)"},
-                            operation="auth")
+            return Response(
+                401,
+                {
+                    "errors": "[API] Invalid API key or access token (unrecognized login or wrong password)"
+                },
+                operation="auth",
+            )
         if not request.headers.get("content-type", "").startswith("application/json"):
             return Response(415, {"errors": "Unsupported Media Type"}, operation="?")
         try:
@@ -256,16 +291,22 @@ class ShopifyEmulator:
             source = body["query"]
             variables = body.get("variables") or {}
         except (ValueError, KeyError, TypeError):
-            return Response(400, {"errors": {"query": "Required parameter missing or invalid"}}, operation="?")
+            return Response(
+                400, {"errors": {"query": "Required parameter missing or invalid"}}, operation="?"
+            )
         try:
             document = parse(source)
         except GraphQLError as exc:
             return Response(200, {"errors": [exc.formatted]}, operation="parse-error")
         errors = validate(self.schema, document)
-        operation = next((d for d in document.definitions if isinstance(d, OperationDefinitionNode)), None)
+        operation = next(
+            (d for d in document.definitions if isinstance(d, OperationDefinitionNode)), None
+        )
         op_name = _root_field(operation) if operation else "?"
         if errors:
-            return Response(200, {"errors": [e.formatted for e in errors]}, operation=op_name, note="invalid")
+            return Response(
+                200, {"errors": [e.formatted for e in errors]}, operation=op_name, note="invalid"
+            )
         cost = self._cost(document, operation)
         with self._lock:
             available = self._refill()
@@ -274,16 +315,27 @@ class ShopifyEmulator:
                 return Response(
                     200,
                     {
-                        "errors": [{"message": "Throttled", "extensions": {
-                            "code": "THROTTLED", "documentation": "https://shopify.dev/api/usage/rate-limits"}}],
+                        "errors": [
+                            {
+                                "message": "Throttled",
+                                "extensions": {
+                                    "code": "THROTTLED",
+                                    "documentation": "https://shopify.dev/api/usage/rate-limits",
+                                },
+                            }
+                        ],
                         "extensions": {"cost": self._cost_ext(cost, None)},
                     },
                     {"Retry-After": f"{math.ceil(wait * 1000) / 1000:g}"},
-                    operation=op_name, cost=cost, note="throttled",
+                    operation=op_name,
+                    cost=cost,
+                    note="throttled",
                 )
             self._bucket -= cost
             self._note = ""
-            result = execute(self.schema, document, root_value=_Root(self), variable_values=variables)
+            result = execute(
+                self.schema, document, root_value=_Root(self), variable_values=variables
+            )
             body_out: dict[str, Any] = {"data": result.data}
             if result.errors:
                 body_out["errors"] = [e.formatted for e in result.errors]
@@ -300,7 +352,9 @@ class ShopifyEmulator:
 
     def _refill(self) -> float:
         now = time.monotonic()
-        self._bucket = min(self.max_available, self._bucket + (now - self._bucket_ts) * self.restore_rate)
+        self._bucket = min(
+            self.max_available, self._bucket + (now - self._bucket_ts) * self.restore_rate
+        )
         self._bucket_ts = now
         return self._bucket
 
@@ -318,7 +372,9 @@ class ShopifyEmulator:
     # -- resolvers (called under the lock) -----------------------------------------------------
 
     def _idempotency_key(self, info: Any) -> str | None:
-        values = get_directive_values(self._idempotent_directive, info.field_nodes[0], info.variable_values)
+        values = get_directive_values(
+            self._idempotent_directive, info.field_nodes[0], info.variable_values
+        )
         return None if values is None else str(values["key"])
 
     def _replay(self, key: str | None, params: str) -> dict[str, Any] | None:
@@ -327,23 +383,43 @@ class ShopifyEmulator:
             return None
         stored_params, payload, succeeded = self._idempotency[key]
         if stored_params != params:
-            return {"userErrors": [{"code": "IDEMPOTENCY_KEY_PARAMETER_MISMATCH", "field": ["idempotencyKey"],
-                                    "message": "The same idempotency key cannot be used with different operation parameters."}]}
+            return {
+                "userErrors": [
+                    {
+                        "code": "IDEMPOTENCY_KEY_PARAMETER_MISMATCH",
+                        "field": ["idempotencyKey"],
+                        "message": "The same idempotency key cannot be used with different operation parameters.",
+                    }
+                ]
+            }
         if not succeeded:
-            return {"userErrors": [{"code": "IDEMPOTENCY_PREVIOUS_ATTEMPT_FAILED", "field": ["idempotencyKey"],
-                                    "message": "A previous request with this idempotency key failed."}]}
+            return {
+                "userErrors": [
+                    {
+                        "code": "IDEMPOTENCY_PREVIOUS_ATTEMPT_FAILED",
+                        "field": ["idempotencyKey"],
+                        "message": "A previous request with this idempotency key failed.",
+                    }
+                ]
+            }
         self._note = "idempotent-replay"
         return payload
 
     def set_quantities(self, info: Any, input: dict[str, Any]) -> dict[str, Any]:  # noqa: A002 - GraphQL arg
         key = self._idempotency_key(info)
         if key is None:
-            raise GraphQLError("The @idempotent directive is required for this mutation.",
-                               extensions={"code": "BAD_REQUEST"})
+            raise GraphQLError(
+                "The @idempotent directive is required for this mutation.",
+                extensions={"code": "BAD_REQUEST"},
+            )
         params = json.dumps(input, sort_keys=True)
         replay = self._replay(key, params)
         if replay is not None:
-            return {"inventoryAdjustmentGroup": None, **replay} if "inventoryAdjustmentGroup" not in replay else replay
+            return (
+                {"inventoryAdjustmentGroup": None, **replay}
+                if "inventoryAdjustmentGroup" not in replay
+                else replay
+            )
         errors = self._check_quantities(input)
         if errors:
             payload: dict[str, Any] = {"inventoryAdjustmentGroup": None, "userErrors": errors}
@@ -352,13 +428,22 @@ class ShopifyEmulator:
             return payload
         for q in input["quantities"]:
             pair = (q["inventoryItemId"], q["locationId"])
-            self.history.append({"t": time.time(), "item": pair[0], "location": pair[1],
-                                 "from": self.levels.get(pair, 0), "to": q["quantity"]})
+            self.history.append(
+                {
+                    "t": time.time(),
+                    "item": pair[0],
+                    "location": pair[1],
+                    "from": self.levels.get(pair, 0),
+                    "to": q["quantity"],
+                }
+            )
             self.levels[pair] = q["quantity"]
         payload = {
-            "inventoryAdjustmentGroup": {"id": f"gid://shopify/InventoryAdjustmentGroup/{next(self._ids)}",
-                                         "reason": input["reason"],
-                                         "referenceDocumentUri": input.get("referenceDocumentUri")},
+            "inventoryAdjustmentGroup": {
+                "id": f"gid://shopify/InventoryAdjustmentGroup/{next(self._ids)}",
+                "reason": input["reason"],
+                "referenceDocumentUri": input.get("referenceDocumentUri"),
+            },
             "userErrors": [],
         }
         self._idempotency[key] = (params, payload, True)
@@ -372,7 +457,11 @@ class ShopifyEmulator:
             errors.append({"code": code, "field": field, "message": message})
 
         if input["name"] not in ("available", "on_hand"):
-            err("INVALID_NAME", ["input", "name"], "The quantity name must be either 'available' or 'on_hand'.")
+            err(
+                "INVALID_NAME",
+                ["input", "name"],
+                "The quantity name must be either 'available' or 'on_hand'.",
+            )
         if input["reason"] not in _REASONS:
             err("INVALID_REASON", ["input", "reason"], "The specified reason is invalid.")
         seen: set[tuple[str, str]] = set()
@@ -380,35 +469,65 @@ class ShopifyEmulator:
             path = ["input", "quantities", str(i)]
             pair = (q["inventoryItemId"], q["locationId"])
             if "changeFromQuantity" not in q:
-                err("COMPARE_QUANTITY_REQUIRED", [*path, "changeFromQuantity"],
-                    "changeFromQuantity must be given (null opts out of the check).")
+                err(
+                    "COMPARE_QUANTITY_REQUIRED",
+                    [*path, "changeFromQuantity"],
+                    "changeFromQuantity must be given (null opts out of the check).",
+                )
                 continue
             if not _ITEM_RE.match(pair[0]) or pair[0] in self.invalid_items:
-                err("INVALID_INVENTORY_ITEM", [*path, "inventoryItemId"], "The specified inventory item could not be found.")
+                err(
+                    "INVALID_INVENTORY_ITEM",
+                    [*path, "inventoryItemId"],
+                    "The specified inventory item could not be found.",
+                )
                 continue
             if not _LOCATION_RE.match(pair[1]):
-                err("INVALID_LOCATION", [*path, "locationId"], "The specified location could not be found.")
+                err(
+                    "INVALID_LOCATION",
+                    [*path, "locationId"],
+                    "The specified location could not be found.",
+                )
                 continue
             if pair not in self.levels and not self.auto_stock:
-                err("ITEM_NOT_STOCKED_AT_LOCATION", [*path, "locationId"],
-                    "The specified inventory item is not stocked at the location.")
+                err(
+                    "ITEM_NOT_STOCKED_AT_LOCATION",
+                    [*path, "locationId"],
+                    "The specified inventory item is not stocked at the location.",
+                )
                 continue
             if pair in seen:
-                err("NO_DUPLICATE_INVENTORY_ITEM_ID_GROUP_ID_PAIR", path,
-                    "The combination of inventoryItemId and locationId must be unique.")
+                err(
+                    "NO_DUPLICATE_INVENTORY_ITEM_ID_GROUP_ID_PAIR",
+                    path,
+                    "The combination of inventoryItemId and locationId must be unique.",
+                )
                 continue
             seen.add(pair)
             if q["quantity"] < 0:
-                err("INVALID_QUANTITY_NEGATIVE", [*path, "quantity"], "The quantity can't be negative.")
+                err(
+                    "INVALID_QUANTITY_NEGATIVE",
+                    [*path, "quantity"],
+                    "The quantity can't be negative.",
+                )
             elif q["quantity"] > 1_000_000_000:
-                err("INVALID_QUANTITY_TOO_HIGH", [*path, "quantity"], "The total quantity can't be higher than 1,000,000,000.")
+                err(
+                    "INVALID_QUANTITY_TOO_HIGH",
+                    [*path, "quantity"],
+                    "The total quantity can't be higher than 1,000,000,000.",
+                )
             current = self.levels.get(pair, 0)
             if q["changeFromQuantity"] is not None and q["changeFromQuantity"] != current:
-                err("CHANGE_FROM_QUANTITY_STALE", [*path, "changeFromQuantity"],
-                    "The changeFromQuantity value does not match persisted value.")
+                err(
+                    "CHANGE_FROM_QUANTITY_STALE",
+                    [*path, "changeFromQuantity"],
+                    "The changeFromQuantity value does not match persisted value.",
+                )
         return errors
 
-    def create_fulfillment(self, info: Any, fulfillment: dict[str, Any], message: str | None = None) -> dict[str, Any]:
+    def create_fulfillment(
+        self, info: Any, fulfillment: dict[str, Any], message: str | None = None
+    ) -> dict[str, Any]:
         key = self._idempotency_key(info)
         params = json.dumps(fulfillment, sort_keys=True)
         replay = self._replay(key, params)
@@ -420,11 +539,18 @@ class ShopifyEmulator:
         for group in fulfillment["lineItemsByFulfillmentOrder"]:
             found = self._fulfillment_order(group["fulfillmentOrderId"])
             if found is None:
-                errors.append({"field": ["fulfillment"], "message": "Fulfillment order does not exist."})
+                errors.append(
+                    {"field": ["fulfillment"], "message": "Fulfillment order does not exist."}
+                )
                 continue
             fo_order, fo = found
             if order is not None and fo_order is not order:
-                errors.append({"field": ["fulfillment"], "message": "Fulfillment orders must belong to the same order."})
+                errors.append(
+                    {
+                        "field": ["fulfillment"],
+                        "message": "Fulfillment orders must belong to the same order.",
+                    }
+                )
                 continue
             order = fo_order
             wanted = group.get("fulfillmentOrderLineItems") or [
@@ -433,9 +559,17 @@ class ShopifyEmulator:
             by_id = {li["id"]: li for li in fo["lineItems"]}
             for item in wanted:
                 li = by_id.get(item["id"])
-                if li is None or item["quantity"] <= 0 or item["quantity"] > li["remainingQuantity"]:
-                    errors.append({"field": ["fulfillment"],
-                                   "message": "Invalid fulfillment order line item quantity requested."})
+                if (
+                    li is None
+                    or item["quantity"] <= 0
+                    or item["quantity"] > li["remainingQuantity"]
+                ):
+                    errors.append(
+                        {
+                            "field": ["fulfillment"],
+                            "message": "Invalid fulfillment order line item quantity requested.",
+                        }
+                    )
                     continue
                 takes.append((li, item["quantity"]))
         if order is None and not errors:
@@ -453,8 +587,13 @@ class ShopifyEmulator:
         created = {
             "id": f"gid://shopify/Fulfillment/{next(self._ids)}",
             "status": "SUCCESS",
-            "trackingInfo": [{"company": tracking.get("company"), "number": tracking.get("number"),
-                              "url": tracking.get("url")}],
+            "trackingInfo": [
+                {
+                    "company": tracking.get("company"),
+                    "number": tracking.get("number"),
+                    "url": tracking.get("url"),
+                }
+            ],
             "lines": [{"id": li["id"], "sku": li["sku"], "quantity": qty} for li, qty in takes],
             "idempotencyKey": key,
         }
@@ -511,7 +650,8 @@ class _Root:
                 "location": {"id": locationId},
                 "quantities": lambda _info, names: [
                     {"id": f"{n}-{locationId}", "name": n, "quantity": quantity}
-                    for n in names if n in ("available", "on_hand")
+                    for n in names
+                    if n in ("available", "on_hand")
                 ],
             }
 
@@ -524,11 +664,18 @@ class _Root:
         return {
             "id": order["id"],
             "name": order["name"],
-            "fulfillments": lambda _info, first=None: [_fulfillment_view(f) for f in order["fulfillments"]][: first or None],
+            "fulfillments": lambda _info, first=None: [
+                _fulfillment_view(f) for f in order["fulfillments"]
+            ][: first or None],
             "fulfillmentOrders": lambda _info, first: {
                 "nodes": [
-                    {"id": fo["id"], "status": fo["status"],
-                     "lineItems": (lambda fo: lambda _info, first: {"nodes": fo["lineItems"][:first]})(fo)}
+                    {
+                        "id": fo["id"],
+                        "status": fo["status"],
+                        "lineItems": (
+                            lambda fo: lambda _info, first: {"nodes": fo["lineItems"][:first]}
+                        )(fo),
+                    }
                     for fo in order["fulfillmentOrders"][:first]
                 ]
             },
@@ -537,5 +684,7 @@ class _Root:
     def inventorySetQuantities(self, info: Any, input: dict[str, Any]) -> dict[str, Any]:  # noqa: N802, A002
         return self._e.set_quantities(info, input)
 
-    def fulfillmentCreate(self, info: Any, fulfillment: dict[str, Any], message: str | None = None) -> dict[str, Any]:  # noqa: N802
+    def fulfillmentCreate(
+        self, info: Any, fulfillment: dict[str, Any], message: str | None = None
+    ) -> dict[str, Any]:  # noqa: N802
         return self._e.create_fulfillment(info, fulfillment, message)

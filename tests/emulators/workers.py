@@ -27,20 +27,24 @@ def run_sink_worker(
     from sinks.marketplace import MarketplaceSink, load_marketplace_config
 
     client = redis.Redis.from_url(config["redis_url"])
-    sink = MarketplaceSink.from_config(load_marketplace_config(config), channel, redis_client=client)
+    sink = MarketplaceSink.from_config(
+        load_marketplace_config(config), channel, redis_client=client
+    )
     # Records arrive over time, as from a stream: flush after each slice, like checkpoints.
     step = max(1, len(records) // 4)
     for start in range(0, len(records), step):
         sink.add_many(records[start : start + step])
         sink.flush()
     drained = sink.drain(drain_timeout)
-    result_queue.put({
-        "pid": os.getpid(),
-        "drained": drained,
-        "pushed": sink.stats.pushed + sink.stats.accepted_pending,
-        "dead_letters": sink.stats.dead_letters,
-        "retries": sink.stats.retries,
-        "backlog": sink.backlog_size,
-    })
+    result_queue.put(
+        {
+            "pid": os.getpid(),
+            "drained": drained,
+            "pushed": sink.stats.pushed + sink.stats.accepted_pending,
+            "dead_letters": sink.stats.dead_letters,
+            "retries": sink.stats.retries,
+            "backlog": sink.backlog_size,
+        }
+    )
     sink.close()
     client.close()
