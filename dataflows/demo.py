@@ -177,7 +177,7 @@ def run_demo(console: Console | None = None) -> int:
         log = open(Path(tmp) / "dataflows.log", "w", encoding="utf-8")  # noqa: SIM115
         flows = subprocess.Popen(
             [sys.executable, "-m", "dataflows.cli", "run", "--config", str(config_path), "-w", "1",
-             "--flow", "availability"],
+             "--flow", "all"],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             env={**os.environ, "BYTEWAX_DATAFLOW_API_ENABLED": "false"},
         )

@@ -21,8 +21,8 @@ import yaml
 
 from dataflows.broker import LocalBroker
 from dataflows.config import SAMPLE_CONFIG, Config, load_config
-from sinks.kafka import create_topics, iter_records
 from schemas import codec
+from sinks.kafka import create_topics, iter_records
 
 pytestmark = pytest.mark.kafka
 

@@ -10,15 +10,11 @@ from typing import Any
 import pytest
 import redis
 from emulators.amazon import AmazonEmulator
-from emulators.fixtures import (  # noqa: F401 - fixtures
+from emulators.fixtures import (
     AMAZON_CLIENT_SECRET,
     AMAZON_REFRESH_TOKEN,
     amazon_channel,
-    amazon_emulator,
     marketplace_config,
-    redis_client,
-    redis_prefix,
-    secrets_env,
 )
 from emulators.records import availability_record, last_per_key, record_stream
 
@@ -29,6 +25,9 @@ from sinks.marketplace import (
     load_marketplace_config,
     package_reference_id,
 )
+
+#: The shared fixtures (Redis with a per-test prefix, emulators, test secrets).
+pytest_plugins = ["emulators.fixtures"]
 
 pytestmark = pytest.mark.redis
 

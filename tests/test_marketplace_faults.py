@@ -15,22 +15,22 @@ from typing import Any
 import pytest
 import redis
 from emulators.amazon import AmazonEmulator
-from emulators.fixtures import (  # noqa: F401 - fixtures
+from emulators.fixtures import (
     AMAZON_CLIENT_ID,
     AMAZON_CLIENT_SECRET,
     AMAZON_REFRESH_TOKEN,
     SHOPIFY_TOKEN,
     amazon_channel,
     marketplace_config,
-    redis_client,
-    redis_prefix,
-    secrets_env,
     shopify_channel,
 )
 from emulators.records import availability_record
 from emulators.shopify import ShopifyEmulator
 
 from sinks.marketplace import MarketplaceDeadLetter, MarketplaceSink, load_marketplace_config
+
+#: The shared fixtures (Redis with a per-test prefix, emulators, test secrets).
+pytest_plugins = ["emulators.fixtures"]
 
 pytestmark = pytest.mark.redis
 

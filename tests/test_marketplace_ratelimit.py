@@ -7,11 +7,13 @@ import time
 
 import pytest
 import redis
-from emulators.fixtures import redis_client, redis_prefix  # noqa: F401 - fixtures
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from sinks.marketplace import BucketSpec, DeadlineExceeded, RedisRateLimiter
+
+#: The shared fixtures (Redis with a per-test prefix, emulators, test secrets).
+pytest_plugins = ["emulators.fixtures"]
 
 pytestmark = pytest.mark.redis
 

@@ -9,15 +9,7 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from emulators.fixtures import (  # noqa: F401 - fixtures
-    SHOPIFY_TOKEN,
-    marketplace_config,
-    redis_client,
-    redis_prefix,
-    secrets_env,
-    shopify_channel,
-    shopify_emulator,
-)
+from emulators.fixtures import SHOPIFY_TOKEN, marketplace_config, shopify_channel
 from emulators.records import availability_record, last_per_key, record_stream
 from emulators.shopify import ShopifyEmulator
 
@@ -27,6 +19,9 @@ from sinks.marketplace import (
     MarketplaceSink,
     load_marketplace_config,
 )
+
+#: The shared fixtures (Redis with a per-test prefix, emulators, test secrets).
+pytest_plugins = ["emulators.fixtures"]
 
 pytestmark = pytest.mark.redis
 

@@ -12,21 +12,21 @@ from typing import Any
 import pytest
 from emulators.amazon import AmazonEmulator
 from emulators.base import LogEntry, RequestLog
-from emulators.fixtures import (  # noqa: F401 - fixtures
+from emulators.fixtures import (
     AMAZON_CLIENT_ID,
     AMAZON_CLIENT_SECRET,
     AMAZON_REFRESH_TOKEN,
     SHOPIFY_TOKEN,
     amazon_channel,
     marketplace_config,
-    redis_client,
-    redis_prefix,
-    secrets_env,
     shopify_channel,
 )
 from emulators.records import last_per_key, record_stream
 from emulators.shopify import ShopifyEmulator
 from emulators.workers import run_sink_worker
+
+#: The shared fixtures (Redis with a per-test prefix, emulators, test secrets).
+pytest_plugins = ["emulators.fixtures"]
 
 pytestmark = pytest.mark.redis
 

@@ -8,13 +8,15 @@ import threading
 
 import pytest
 import redis
-from emulators.fixtures import redis_client, redis_prefix  # noqa: F401 - fixtures
 from emulators.records import availability_record
 from emulators.tcp_proxy import TcpProxy
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from sinks.redis_view import RedisViewWriter, ViewKeys
+
+#: The shared fixtures (Redis with a per-test prefix, emulators, test secrets).
+pytest_plugins = ["emulators.fixtures"]
 
 pytestmark = pytest.mark.redis
 

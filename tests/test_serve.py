@@ -13,7 +13,6 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 from emulators.base import free_port
-from emulators.fixtures import redis_client, redis_prefix  # noqa: F401 - fixtures
 from emulators.records import availability_record
 
 from sinks.redis_view import RedisViewWriter
@@ -22,6 +21,9 @@ from sinks.serve import MAX_BATCH, create_app
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # starlette's notice about its httpx-based test client
     from fastapi.testclient import TestClient
+
+#: The shared fixtures (Redis with a per-test prefix, emulators, test secrets).
+pytest_plugins = ["emulators.fixtures"]
 
 pytestmark = pytest.mark.redis
 

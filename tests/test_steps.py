@@ -10,7 +10,7 @@ from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 from operators.availability import SkuState
 from operators.decode import decode
 from operators.normalise import Movement, stream_key
-from operators.records import DeadLetter, RawRecord
+from operators.records import RawRecord
 from operators.steps import decode_step, project_step, sequence_step
 from schemas import codec, from_json
 from tests.flowtest import FIXTURES, last_per_key, load_records, run_flow, sample_config
