@@ -197,27 +197,19 @@ class Projector:
     def _project(self, channel: Channel, location: str | None, m: Movement) -> dict[str, Any] | None:
         st = self.state
         key = (channel.id, location)
-        names = (location,) if location else channel.warehouses
-        basis = []
+        cells = st.cells
+        present = [(wh, cells[wh]) for wh in ((location,) if location else channel.warehouses)
+                   if wh in cells]
         base = 0
-        as_of = 0
-        for wh in names:
-            cell = st.cells.get(wh)
-            if cell is None:
-                continue
-            atp = cell.atp
-            base += atp + (max(0, cell.incoming) if channel.include_incoming else 0)
-            as_of = max(as_of, cell.as_of)
-            basis.append({
-                "warehouse": wh, "on_hand": cell.on_hand, "on_hold": cell.on_hold,
-                "reserved": cell.reserved, "incoming": cell.incoming, "atp": atp,
-                "erp_book": cell.erp_book, "drift": cell.drift,
-            })
+        incoming = channel.include_incoming
+        for _, c in present:
+            atp = c.on_hand - c.on_hold - c.reserved
+            base += (atp if atp > 0 else 0) + (c.incoming if incoming and c.incoming > 0 else 0)
         after_share, available = channel_available(channel, base)
         last = st.emitted.get(key)
         forced = self._force is not None and key in self._force
         if last is not None and last[0] == available and not forced:
-            return None
+            return None  # the common case: checked before any record is built
         if forced:
             self._force.discard(key)  # type: ignore[union-attr]
         prev_version = last[1] if last else 0
@@ -233,10 +225,14 @@ class Projector:
             "available": available,
             "previous": last[0] if last else None,
             "version": version,
-            "as_of": as_of,
+            "as_of": max(c.as_of for _, c in present),
             "source": m.source,
             "source_id": m.source_id,
-            "warehouses": basis,
+            "warehouses": [{
+                "warehouse": wh, "on_hand": c.on_hand, "on_hold": c.on_hold,
+                "reserved": c.reserved, "incoming": c.incoming, "atp": c.atp,
+                "erp_book": c.erp_book, "drift": c.drift,
+            } for wh, c in present],
             "base": base,
             "share_pct": float(channel.share_pct),
             "after_share": after_share,

@@ -55,7 +55,7 @@ class RawRecord:
     @property
     def replayed(self) -> bool:
         """Sent back by `atpflow dead-letters replay`: skips the sequence check."""
-        return any(k == REPLAYED_HEADER for k, _ in self.headers)
+        return bool(self.headers) and any(k == REPLAYED_HEADER for k, _ in self.headers)
 
 
 @dataclass(slots=True)

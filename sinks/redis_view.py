@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 __all__ = ["RedisViewWriter", "ViewFlushReport", "ViewKeys"]
 
@@ -124,15 +126,22 @@ class RedisViewWriter:
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = "atpflow", **kwargs: Any) -> RedisViewWriter:
-        return cls(
-            redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2),
-            prefix=prefix,
-            **kwargs,
+        # Fail fast: a flush that cannot reach Redis keeps its records pending and returns.
+        client = redis.Redis.from_url(
+            url,
+            socket_timeout=2,
+            socket_connect_timeout=1,
+            retry=Retry(ExponentialBackoff(cap=0.2), 1),
         )
+        return cls(client, prefix=prefix, **kwargs)
 
     @property
     def pending_count(self) -> int:
         return len(self._pending)
+
+    def pending_records(self) -> list[Mapping[str, Any]]:
+        """The records not written yet (for a state snapshot)."""
+        return list(self._pending.values())
 
     def add(self, record: Mapping[str, Any]) -> bool:
         """Queue a record; False when a newer (or the same) version of its key is already queued."""

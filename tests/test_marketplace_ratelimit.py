@@ -1,4 +1,7 @@
-"""The shared Redis token bucket: atomic across threads, blocked by Retry-After, capped by learnt rates."""
+"""The shared Redis token bucket.
+
+Atomic across threads and clients, blocked by Retry-After, capped by learnt rates.
+"""
 
 from __future__ import annotations
 

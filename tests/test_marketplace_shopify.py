@@ -314,8 +314,8 @@ def test_emulator_checks_auth_and_payload_shapes(shopify_emulator: ShopifyEmulat
         url,
         headers={"X-Shopify-Access-Token": SHOPIFY_TOKEN},
         json={
-            "query": "mutation($i: InventorySetQuantitiesInput!) { inventorySetQuantities(input: $i) "
-            '@idempotent(key: "k") { userErrors { code } } }',
+            "query": "mutation($i: InventorySetQuantitiesInput!) { "
+            'inventorySetQuantities(input: $i) @idempotent(key: "k") { userErrors { code } } }',
             "variables": {
                 "i": {
                     "name": "available",

@@ -63,7 +63,7 @@ def test_racing_writers_keep_the_newest_per_key_and_per_warehouse(
         for n in range(20)
         for v in range(1, 9)
     ]
-    random.Random(4).shuffle(records)
+    random.Random(4).shuffle(records)  # noqa: S311 - test data
 
     def write(part: list[dict]) -> None:
         writer = RedisViewWriter(redis.Redis(), prefix=redis_prefix, batch_size=7)

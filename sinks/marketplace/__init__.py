@@ -1,4 +1,6 @@
-"""Marketplace pushes: channel availability and shipment fulfillments to Shopify- and Amazon-style APIs.
+"""Marketplace pushes: channel availability and shipment fulfillments.
+
+Targets: Shopify-style (GraphQL Admin API) and Amazon-style (Selling Partner API) channels.
 
 What the dataflow calls:
 

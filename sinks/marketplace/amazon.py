@@ -56,7 +56,7 @@ __all__ = ["AmazonAdapter", "LwaTokenProvider", "package_reference_id"]
 
 _log = logging.getLogger("atpflow.marketplace")
 
-OP_TOKEN = "lwaToken"
+OP_TOKEN = "lwaToken"  # noqa: S105 - an operation name, not a secret
 OP_PATCH = "patchListingsItem"
 OP_GET = "getListingsItem"
 OP_ORDER_ITEMS = "getOrderItems"

@@ -54,7 +54,8 @@ __all__ = [
 class _Strict(BaseModel):
     """Base for every config model: unknown keys are errors, instances are immutable."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # A secret pasted where a reference belongs must not be echoed back in the error message.
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
 
 class SecretRef(_Strict):
@@ -159,7 +160,7 @@ class ShopifyCosts(_Strict):
 
 
 class ShopifyChannelConfig(_ChannelBase):
-    """A Shopify-style channel: GraphQL Admin API, ``inventorySetQuantities`` and ``fulfillmentCreate``."""
+    """A Shopify-style channel: GraphQL Admin API inventory and fulfillment mutations."""
 
     kind: Literal["shopify"]
     shop: str = Field(min_length=1)

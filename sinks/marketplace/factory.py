@@ -1,4 +1,4 @@
-"""Builds a channel's adapter and its shared machinery (HTTP client, limiter, breakers) from config."""
+"""Builds a channel's adapter and its shared machinery (HTTP client, limiter, breakers)."""
 
 from __future__ import annotations
 

@@ -119,6 +119,10 @@ class FulfillmentSink:
     def queued(self) -> int:
         return len(self._queue)
 
+    def pending_requests(self) -> list[dict[str, Any]]:
+        """The queued requests in input-dict form, for a state snapshot."""
+        return [job.request.to_dict() for job in self._queue.values()]
+
     def add(self, item: FulfillmentRequest | Mapping[str, Any]) -> bool:
         """Queue one shipment; False when it is already queued or was pushed recently."""
         request = (

@@ -107,6 +107,18 @@ class FulfillmentRequest:
         """Identity of the push: one fulfillment per shipment of an order."""
         return f"{self.channel_order_id}|{self.shipment_id}"
 
+    def to_dict(self) -> dict[str, Any]:
+        """The input dict form (what `from_mapping` reads)."""
+        return {
+            "channel": self.channel,
+            "channel_order_id": self.channel_order_id,
+            "shipment_id": self.shipment_id,
+            "carrier": self.carrier,
+            "tracking_number": self.tracking_number,
+            "lines": [{"sku": line.sku, "qty": line.qty} for line in self.lines],
+            "shipped_at": self.shipped_at,
+        }
+
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> FulfillmentRequest:
         """Build from the designed input dict, or from a shipment milestone record.

@@ -116,7 +116,7 @@ class _RequestRejected(MarketplaceError):
 
 
 def _field_index(field: object) -> int | None:
-    """The quantity index in a userError's field path such as ``["input", "quantities", "3", ...]``."""
+    """The quantity index in a userError's field path (``["input", "quantities", "3", ...]``)."""
     if not isinstance(field, list):
         return None
     for i, part in enumerate(field[:-1]):

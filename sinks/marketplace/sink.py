@@ -113,7 +113,10 @@ class _Stats:
 
 
 class MarketplaceSink:
-    """Pushes one channel's availability records to its marketplace. Not thread-safe: one per worker."""
+    """Pushes one channel's availability records to its marketplace.
+
+    Not thread-safe: one per worker.
+    """
 
     def __init__(
         self,
@@ -246,7 +249,10 @@ class MarketplaceSink:
         return report
 
     def drain(self, timeout: float) -> bool:
-        """Flush until nothing is left to push or pending, or ``timeout`` passes (shutdown, tests)."""
+        """Flush until nothing is left to push or pending, or ``timeout`` passes.
+
+        For shutdown and tests; a dataflow calls `flush` once per checkpoint.
+        """
         end = self._clock() + timeout
         while True:
             remaining = end - self._clock()

@@ -158,8 +158,10 @@ class ApiCaller:
         return response
 
     def _timeout(self, remaining: float) -> httpx.Timeout:
-        """The client's timeouts, cut to what is left of the flush: a flush never outlives its budget
-        by more than a moment, even against an API that hangs."""
+        """The client's timeouts, cut to what is left of the flush.
+
+        So a flush never outlives its budget by more than a moment, even against an API that hangs.
+        """
         base = self.client.timeout
         cap = max(0.05, remaining)
 

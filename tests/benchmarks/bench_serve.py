@@ -4,7 +4,7 @@ Seeds the Redis view (its own key prefix, deleted afterwards), starts `serve()` 
 process on a free port of 127.0.0.1, then drives it from separate load processes (each with a few
 threads of keep-alive clients) for a bounded time, and prints one line per scenario:
 
-    python tests/benchmarks/bench_serve.py [--duration 10] [--processes 2] [--threads 4] [--keys 2000]
+    python tests/benchmarks/bench_serve.py [--duration 10] [--processes 2] [--threads 4]
 
 (The load runs in processes of synchronous clients: on a small machine an asyncio client in one
 process saturates its own core long before the server does.)
@@ -78,9 +78,10 @@ def _seed(client: redis.Redis, prefix: str, keys: int) -> list[str]:
 def _start_server(port: int, prefix: str, redis_url: str) -> subprocess.Popen[bytes]:
     code = (
         "from sinks.serve import serve; "
-        f"serve({{'port': {port}, 'redis_prefix': {prefix!r}, 'redis_url': {redis_url!r}, 'log_level': 'error'}})"
+        f"serve({{'port': {port}, 'redis_prefix': {prefix!r}, "
+        f"'redis_url': {redis_url!r}, 'log_level': 'error'}})"
     )
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT)
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT)  # noqa: S603 - our own code
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         try:
@@ -95,7 +96,7 @@ def _start_server(port: int, prefix: str, redis_url: str) -> subprocess.Popen[by
 def _load_process(
     base: str, paths: list[str], duration: float, threads: int, seed: int, out: object
 ) -> None:
-    """One load process: ``threads`` keep-alive clients hitting random ``paths`` until ``duration``."""
+    """One load process: ``threads`` keep-alive clients on random ``paths`` for ``duration`` s."""
     latencies: list[float] = []
     errors = [0]
     lock = threading.Lock()
@@ -190,7 +191,8 @@ def main() -> None:
         }
         print(
             f"serve on {base} (one uvicorn process), {len(skus)} skus x 2 locations, "
-            f"{args.processes} load processes x {args.threads} clients, {args.duration:g}s per scenario"
+            f"{args.processes} load processes x {args.threads} clients, "
+            f"{args.duration:g}s per scenario"
         )
         for name, paths in scenarios.items():
             latencies, errors = _drive(base, paths, args.duration, args.processes, args.threads)

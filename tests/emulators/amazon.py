@@ -10,7 +10,8 @@
   confirmShipment 2/s burst 10. An empty bucket answers 429 ``QuotaExceeded`` with
   ``x-amzn-RateLimit-Limit`` and Retry-After; every answer carries ``x-amzn-RateLimit-Limit``.
 - ``PATCH /listings/2021-08-01/items/{sellerId}/{sku}``: the JSON Patch body must hold
-  ``productType`` and ``patches`` of ``replace``/``merge`` on ``/attributes/fulfillment_availability``
+  ``productType`` and ``patches`` of ``replace``/``merge`` on
+  ``/attributes/fulfillment_availability``
   with ``fulfillment_channel_code`` and a ``quantity``. The answer is ``ACCEPTED`` and the
   quantity is applied only after a random processing delay, so two submissions for one SKU in
   flight at once can be applied out of order, as with the real queue.

@@ -35,8 +35,8 @@ __all__ = [
 
 SHOPIFY_TOKEN = "shpat_" + "f00dfeed" * 4
 AMAZON_CLIENT_ID = "amzn1.application-oa2-client.0123456789abcdef"
-AMAZON_CLIENT_SECRET = "amzn1.oa2-cs.v1.SECRETSECRETSECRET0123456789"
-AMAZON_REFRESH_TOKEN = "Atzr|IwEBIREFRESHREFRESHREFRESH0123456789"
+AMAZON_CLIENT_SECRET = "amzn1.oa2-cs.v1.SECRETSECRETSECRET0123456789"  # noqa: S105 - test value
+AMAZON_REFRESH_TOKEN = "Atzr|IwEBIREFRESHREFRESHREFRESH0123456789"  # noqa: S105 - test value
 REDIS_URL = os.environ.get("ATPFLOW_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
@@ -106,7 +106,10 @@ def amazon_emulator() -> Iterator[AmazonEmulator]:
 def shopify_channel(
     url: str, skus: int = 20, warehouses: tuple[str, ...] = ("ATL1", "DAL1"), **overrides: Any
 ) -> dict[str, Any]:
-    """A shopify channel config dict: SKU-<n> -> InventoryItem/<1000+n>, warehouse i -> Location/<i+1>."""
+    """A shopify channel config dict.
+
+    SKU-<n> maps to InventoryItem/<1000+n>, the i-th warehouse to Location/<i+1>.
+    """
     channel: dict[str, Any] = {
         "kind": "shopify",
         "base_url": url,

@@ -15,7 +15,8 @@ field, type or argument is refused exactly as a GraphQL server would refuse it. 
   quantity (the 2026-04 contract), applies all quantities or none, answers
   ``CHANGE_FROM_QUANTITY_STALE`` per stale quantity, and remembers each key: the same key with the
   same input returns the first answer without applying again; with another input it answers
-  ``IDEMPOTENCY_KEY_PARAMETER_MISMATCH``; after a failed attempt ``IDEMPOTENCY_PREVIOUS_ATTEMPT_FAILED``.
+  ``IDEMPOTENCY_KEY_PARAMETER_MISMATCH``; after a failed attempt
+  ``IDEMPOTENCY_PREVIOUS_ATTEMPT_FAILED``.
 - ``fulfillmentCreate`` checks fulfillment order line items and remaining quantities and honours
   ``@idempotent(key:)`` the same way (no second fulfillment for a repeated key).
 """
@@ -66,7 +67,11 @@ type Mutation {
 }
 
 type InventoryItem { id: ID! sku: String inventoryLevel(locationId: ID!): InventoryLevel }
-type InventoryLevel { id: ID! location: Location! quantities(names: [String!]!): [InventoryQuantity!]! }
+type InventoryLevel {
+  id: ID!
+  location: Location!
+  quantities(names: [String!]!): [InventoryQuantity!]!
+}
 type Location { id: ID! }
 type InventoryQuantity { id: ID! name: String! quantity: Int! }
 
@@ -87,11 +92,17 @@ type InventorySetQuantitiesPayload {
   userErrors: [InventorySetQuantitiesUserError!]!
 }
 type InventoryAdjustmentGroup { id: ID! reason: String! referenceDocumentUri: String }
-type InventorySetQuantitiesUserError { code: InventorySetQuantitiesUserErrorCode field: [String!] message: String! }
+type InventorySetQuantitiesUserError {
+  code: InventorySetQuantitiesUserErrorCode
+  field: [String!]
+  message: String!
+}
 enum InventorySetQuantitiesUserErrorCode {
   CHANGE_FROM_QUANTITY_STALE COMPARE_QUANTITY_REQUIRED COMPARE_QUANTITY_STALE
-  IDEMPOTENCY_CONCURRENT_REQUEST IDEMPOTENCY_KEY_PARAMETER_MISMATCH IDEMPOTENCY_PREVIOUS_ATTEMPT_FAILED
-  INVALID_INVENTORY_ITEM INVALID_LOCATION INVALID_NAME INVALID_QUANTITY_NEGATIVE INVALID_QUANTITY_TOO_HIGH
+  IDEMPOTENCY_CONCURRENT_REQUEST IDEMPOTENCY_KEY_PARAMETER_MISMATCH
+  IDEMPOTENCY_PREVIOUS_ATTEMPT_FAILED
+  INVALID_INVENTORY_ITEM INVALID_LOCATION INVALID_NAME INVALID_QUANTITY_NEGATIVE
+  INVALID_QUANTITY_TOO_HIGH
   INVALID_QUANTITY_TOO_LOW INVALID_REASON INVALID_REFERENCE_DOCUMENT ITEM_NOT_STOCKED_AT_LOCATION
   NO_DUPLICATE_INVENTORY_ITEM_ID_GROUP_ID_PAIR NON_MUTABLE_INVENTORY_ITEM
 }
@@ -103,11 +114,19 @@ type Order {
   fulfillmentOrders(first: Int!): FulfillmentOrderConnection!
 }
 type FulfillmentOrderConnection { nodes: [FulfillmentOrder!]! }
-type FulfillmentOrder { id: ID! status: FulfillmentOrderStatus! lineItems(first: Int!): FulfillmentOrderLineItemConnection! }
+type FulfillmentOrder {
+  id: ID!
+  status: FulfillmentOrderStatus!
+  lineItems(first: Int!): FulfillmentOrderLineItemConnection!
+}
 enum FulfillmentOrderStatus { OPEN IN_PROGRESS CLOSED CANCELLED INCOMPLETE ON_HOLD SCHEDULED }
 type FulfillmentOrderLineItemConnection { nodes: [FulfillmentOrderLineItem!]! }
 type FulfillmentOrderLineItem { id: ID! sku: String remainingQuantity: Int! totalQuantity: Int! }
-type Fulfillment { id: ID! status: FulfillmentStatus! trackingInfo(first: Int): [FulfillmentTrackingInfo!]! }
+type Fulfillment {
+  id: ID!
+  status: FulfillmentStatus!
+  trackingInfo(first: Int): [FulfillmentTrackingInfo!]!
+}
 enum FulfillmentStatus { SUCCESS CANCELLED ERROR FAILURE OPEN PENDING }
 type FulfillmentTrackingInfo { company: String number: String url: String }
 
@@ -116,9 +135,18 @@ input FulfillmentInput {
   notifyCustomer: Boolean
   trackingInfo: FulfillmentTrackingInput
 }
-input FulfillmentOrderLineItemsInput { fulfillmentOrderId: ID! fulfillmentOrderLineItems: [FulfillmentOrderLineItemInput!] }
+input FulfillmentOrderLineItemsInput {
+  fulfillmentOrderId: ID!
+  fulfillmentOrderLineItems: [FulfillmentOrderLineItemInput!]
+}
 input FulfillmentOrderLineItemInput { id: ID! quantity: Int! }
-input FulfillmentTrackingInput { company: String number: String numbers: [String!] url: String urls: [String!] }
+input FulfillmentTrackingInput {
+  company: String
+  number: String
+  numbers: [String!]
+  url: String
+  urls: [String!]
+}
 type FulfillmentCreatePayload { fulfillment: Fulfillment userErrors: [UserError!]! }
 type UserError { field: [String!] message: String! }
 """
@@ -280,7 +308,8 @@ class ShopifyEmulator:
             return Response(
                 401,
                 {
-                    "errors": "[API] Invalid API key or access token (unrecognized login or wrong password)"
+                    "errors": "[API] Invalid API key or access token "
+                    "(unrecognized login or wrong password)"
                 },
                 operation="auth",
             )
@@ -388,7 +417,8 @@ class ShopifyEmulator:
                     {
                         "code": "IDEMPOTENCY_KEY_PARAMETER_MISMATCH",
                         "field": ["idempotencyKey"],
-                        "message": "The same idempotency key cannot be used with different operation parameters.",
+                        "message": "The same idempotency key cannot be used with "
+                        "different operation parameters.",
                     }
                 ]
             }
@@ -623,6 +653,14 @@ def _fulfillment_view(f: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _fulfillment_order_view(fo: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": fo["id"],
+        "status": fo["status"],
+        "lineItems": lambda _info, first: {"nodes": fo["lineItems"][:first]},
+    }
+
+
 def _root_field(operation: OperationDefinitionNode) -> str:
     names = [getattr(s, "name", None) for s in operation.selection_set.selections]
     values = sorted({n.value for n in names if n is not None})
@@ -630,7 +668,10 @@ def _root_field(operation: OperationDefinitionNode) -> str:
 
 
 class _Root:
-    """Root value: its attributes are the Query and Mutation fields (graphql-core's default resolver)."""
+    """Root value: its attributes are the Query and Mutation fields.
+
+    graphql-core's default resolver calls them with the field's arguments.
+    """
 
     def __init__(self, emulator: ShopifyEmulator) -> None:
         self._e = emulator
@@ -668,16 +709,7 @@ class _Root:
                 _fulfillment_view(f) for f in order["fulfillments"]
             ][: first or None],
             "fulfillmentOrders": lambda _info, first: {
-                "nodes": [
-                    {
-                        "id": fo["id"],
-                        "status": fo["status"],
-                        "lineItems": (
-                            lambda fo: lambda _info, first: {"nodes": fo["lineItems"][:first]}
-                        )(fo),
-                    }
-                    for fo in order["fulfillmentOrders"][:first]
-                ]
+                "nodes": [_fulfillment_order_view(fo) for fo in order["fulfillmentOrders"][:first]]
             },
         }
 

@@ -1,0 +1,201 @@
+"""Bytewax outputs for the marketplace sinks and the Redis view.
+
+The two-phase contract maps onto a stateful sink partition.
+
+``write_batch`` adds each record (cheap, in memory); ``snapshot`` runs at the end of every epoch,
+the dataflow's checkpoint, so it flushes the backlog there (bounded by ``flush_budget_s``) and
+returns the records not yet confirmed by the API as the partition's resume state. After a
+restart they are pushed again (absolute quantities and idempotency keys make that harmless)
+before the re-emitted records, which the sink then ignores or supersedes by version.
+
+Use with ``bytewax.operators.output``; items are ``(key, record)`` pairs, keyed by the topic key.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
+
+from ..redis_view import RedisViewWriter
+from .config import MarketplaceConfig
+from .fulfillment import FulfillmentSink, fulfillment_from_milestone
+from .models import FulfillmentRequest
+from .sink import DeadLetterCallback, MarketplaceSink
+
+__all__ = ["FulfillmentOutput", "MarketplaceOutput", "RedisViewOutput"]
+
+_log = logging.getLogger("atpflow.marketplace")
+
+#: On a clean end of input, how long `close` keeps pushing what is left.
+_CLOSE_DRAIN_S = 30.0
+
+
+class _AvailabilityPartition(StatefulSinkPartition[Mapping[str, Any], list[Mapping[str, Any]]]):
+    def __init__(
+        self, sinks: dict[str, MarketplaceSink], resume: Iterable[Mapping[str, Any]]
+    ) -> None:
+        self._sinks = sinks
+        for record in resume:
+            self._add(record)
+
+    def _add(self, record: Mapping[str, Any]) -> None:
+        sink = self._sinks.get(str(record.get("channel")))
+        if sink is not None:  # channels of kind "topic" have no sink
+            sink.add(record)
+
+    def write_batch(self, values: list[Mapping[str, Any]]) -> None:
+        for record in values:
+            self._add(record)
+
+    def snapshot(self) -> list[Mapping[str, Any]]:
+        state: list[Mapping[str, Any]] = []
+        for sink in self._sinks.values():
+            sink.flush()
+            state.extend(sink.snapshot())
+        return state
+
+    def close(self) -> None:
+        for channel, sink in self._sinks.items():
+            if not sink.drain(_CLOSE_DRAIN_S):
+                _log.warning("%s: %d keys still unpushed at close", channel, sink.backlog_size)
+            sink.close()
+
+
+class MarketplaceOutput(FixedPartitionedSink[Mapping[str, Any], list[Mapping[str, Any]]]):
+    """Pushes ``availability.<channel>`` records of every configured channel to its marketplace."""
+
+    def __init__(
+        self,
+        config: MarketplaceConfig,
+        *,
+        partitions: int = 1,
+        dead_letter: DeadLetterCallback | None = None,
+    ) -> None:
+        self._config = config
+        self._partitions = partitions
+        self._dead_letter = dead_letter
+
+    def list_parts(self) -> list[str]:
+        return [f"marketplace-{n}" for n in range(self._partitions)]
+
+    def build_part(
+        self, step_id: str, for_part: str, resume_state: list[Mapping[str, Any]] | None
+    ) -> _AvailabilityPartition:
+        sinks = {
+            channel: MarketplaceSink.from_config(
+                self._config, channel, dead_letter=self._dead_letter
+            )
+            for channel in self._config.channels
+        }
+        return _AvailabilityPartition(sinks, resume_state or ())
+
+
+class _FulfillmentPartition(StatefulSinkPartition[Mapping[str, Any], list[dict[str, Any]]]):
+    def __init__(
+        self, sinks: dict[str, FulfillmentSink], resume: Iterable[Mapping[str, Any]]
+    ) -> None:
+        self._sinks = sinks
+        for item in resume:
+            self._add(item)
+
+    def _add(self, item: Mapping[str, Any]) -> None:
+        sink = self._sinks.get(str(item.get("channel")))
+        if sink is None:
+            return
+        request = (
+            fulfillment_from_milestone(item)
+            if "milestone" in item
+            else FulfillmentRequest.from_mapping(item)
+        )
+        if request is not None:
+            sink.add(request)
+
+    def write_batch(self, values: list[Mapping[str, Any]]) -> None:
+        for item in values:
+            try:
+                self._add(item)
+            except ValueError as exc:  # a SHIPPED milestone without tracking cannot be pushed
+                _log.warning("fulfillment not pushable: %s", exc)
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        state: list[dict[str, Any]] = []
+        for sink in self._sinks.values():
+            sink.flush()
+            state.extend(sink.pending_requests())
+        return state
+
+    def close(self) -> None:
+        for sink in self._sinks.values():
+            sink.drain(_CLOSE_DRAIN_S)
+            sink.close()
+
+
+class FulfillmentOutput(FixedPartitionedSink[Mapping[str, Any], list[dict[str, Any]]]):
+    """Pushes each shipment's SHIPPED milestone (``shipment.milestones``) as a fulfillment."""
+
+    def __init__(
+        self,
+        config: MarketplaceConfig,
+        *,
+        partitions: int = 1,
+        dead_letter: DeadLetterCallback | None = None,
+    ) -> None:
+        self._config = config
+        self._partitions = partitions
+        self._dead_letter = dead_letter
+
+    def list_parts(self) -> list[str]:
+        return [f"fulfillment-{n}" for n in range(self._partitions)]
+
+    def build_part(
+        self, step_id: str, for_part: str, resume_state: list[dict[str, Any]] | None
+    ) -> _FulfillmentPartition:
+        sinks = {
+            channel: FulfillmentSink.from_config(
+                self._config, channel, dead_letter=self._dead_letter
+            )
+            for channel in self._config.channels
+        }
+        return _FulfillmentPartition(sinks, resume_state or ())
+
+
+class _ViewPartition(StatefulSinkPartition[Mapping[str, Any], list[Mapping[str, Any]]]):
+    def __init__(self, writer: RedisViewWriter, resume: Iterable[Mapping[str, Any]]) -> None:
+        self._writer = writer
+        writer.add_many(resume)
+
+    def write_batch(self, values: list[Mapping[str, Any]]) -> None:
+        self._writer.add_many(values)
+
+    def snapshot(self) -> list[Mapping[str, Any]]:
+        # The checkpoint: write what is pending; what Redis did not take is the resume state.
+        self._writer.flush()
+        return self._writer.pending_records()
+
+    def close(self) -> None:
+        self._writer.flush()
+
+
+class RedisViewOutput(FixedPartitionedSink[Mapping[str, Any], list[Mapping[str, Any]]]):
+    """Bytewax output writing ``availability.<channel>`` records to the Redis view.
+
+    Items are ``(key, record)``; every epoch end flushes (see `RedisViewWriter`).
+    """
+
+    def __init__(self, url: str, *, prefix: str = "atpflow", partitions: int = 1) -> None:
+        self._url = url
+        self._prefix = prefix
+        self._partitions = partitions
+
+    def list_parts(self) -> list[str]:
+        return [f"redis-view-{n}" for n in range(self._partitions)]
+
+    def build_part(
+        self, step_id: str, for_part: str, resume_state: list[Mapping[str, Any]] | None
+    ) -> _ViewPartition:
+        return _ViewPartition(
+            RedisViewWriter.from_url(self._url, prefix=self._prefix), resume_state or ()
+        )
