@@ -38,12 +38,20 @@ ENV_PREFIX = "ATPFLOW__"
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
+_ISO = re.compile(r"\s*P(?:(\d+(?:\.\d+)?)D)?(?:T(?:(\d+(?:\.\d+)?)H)?(?:(\d+(?:\.\d+)?)M)?(?:(\d+(?:\.\d+)?)S)?)?\s*")
+
+
 def _duration(value: Any) -> Any:
-    """'250ms', '30s', '5m', '1h', '1d' or a number of seconds."""
+    """'250ms', '30s', '5m', '1h', '1d', ISO 8601 ('PT30S') or a number of seconds."""
+    if isinstance(value, str) and value.strip().upper().startswith("P"):
+        m = _ISO.fullmatch(value.upper())
+        if m and any(m.groups()):
+            d, h, mi, sec = (float(g or 0) for g in m.groups())
+            return d * 86400 + h * 3600 + mi * 60 + sec
     if isinstance(value, str):
         m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*", value)
         if not m:
-            msg = f"{value!r} is not a duration (use e.g. 30s, 5m, 1h, 250ms)"
+            msg = f"{value!r} is not a duration (use e.g. 30s, 5m, 1h, 250ms or PT30S)"
             raise ValueError(msg)
         return float(m.group(1)) * _UNITS[m.group(2) or "s"]
     return value

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import redis
 from emulators.amazon import AmazonEmulator
-from emulators.fixtures import (
+from emulators.configs import (
     AMAZON_CLIENT_SECRET,
     AMAZON_REFRESH_TOKEN,
     amazon_channel,

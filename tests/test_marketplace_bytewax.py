@@ -1,4 +1,4 @@
-"""The Bytewax outputs: records flow through a real dataflow into the emulators and the Redis view."""
+"""The Bytewax outputs: records flow through a real dataflow to the emulators and the view."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import pytest
 import redis
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSource, run_main
-
 from emulators.amazon import AmazonEmulator
-from emulators.fixtures import amazon_channel, marketplace_config, shopify_channel
+from emulators.configs import REDIS_URL, amazon_channel, marketplace_config, shopify_channel
 from emulators.records import last_per_key, record_stream
 from emulators.shopify import ShopifyEmulator
+
 from sinks.marketplace import load_marketplace_config
 from sinks.marketplace.bytewax_io import FulfillmentOutput, MarketplaceOutput, RedisViewOutput
 from sinks.redis_view import ViewKeys
@@ -60,7 +60,7 @@ def test_dataflow_outputs_push_and_view(
     flow = Dataflow("marketplace_test")
     keyed = op.map("key", op.input("in", flow, TestingSource(records)), lambda r: (r["sku"], r))
     op.output("push", keyed, MarketplaceOutput(config, partitions=2))
-    op.output("view", keyed, RedisViewOutput("redis://127.0.0.1:6379/0", prefix=redis_prefix))
+    op.output("view", keyed, RedisViewOutput(REDIS_URL, prefix=redis_prefix))
     shipped = op.map("mkey", op.input("ms", flow, TestingSource(milestones)), lambda m: ("1001", m))
     op.output("fulfil", shipped, FulfillmentOutput(config))
     run_main(flow, epoch_interval=timedelta(milliseconds=50))

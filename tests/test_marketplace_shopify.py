@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from emulators.fixtures import SHOPIFY_TOKEN, marketplace_config, shopify_channel
+from emulators.configs import SHOPIFY_TOKEN, marketplace_config, shopify_channel
 from emulators.records import availability_record, last_per_key, record_stream
 from emulators.shopify import ShopifyEmulator
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from emulators.amazon import AmazonEmulator
 from emulators.base import LogEntry, RequestLog
-from emulators.fixtures import (
+from emulators.configs import (
     AMAZON_CLIENT_ID,
     AMAZON_CLIENT_SECRET,
     AMAZON_REFRESH_TOKEN,

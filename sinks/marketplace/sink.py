@@ -211,7 +211,6 @@ class MarketplaceSink:
         state.dead_permanent = False
         self._backlog.add(key)
         self.stats.added += 1
-        self._publish_backlog()
         return True
 
     def add_many(self, records: Iterable[Mapping[str, Any]]) -> int:
@@ -373,6 +372,8 @@ class MarketplaceSink:
             state.pending_version = 0
             state.pending_qty = None
             state.pending_remote = None
+            if state.version == state.confirmed_version and state.record is not None:
+                state.record = _slim(state.record)
             # ACCEPTED is a promise, not a result: verify it at the next read-back.
             self._verify[key] = None
 
@@ -462,6 +463,7 @@ class MarketplaceSink:
         if result.status is PushStatus.APPLIED:
             state.confirmed_version = result.version
             state.confirmed_qty = int(state.record["available"])  # type: ignore[index]
+            state.record = _slim(state.record)  # type: ignore[arg-type]
             state.attempts = 0
             self._backlog.discard(result.key)
             self.stats.pushed += 1
@@ -555,6 +557,15 @@ class MarketplaceSink:
 
     def _publish_backlog(self) -> None:
         metric("MARKETPLACE_BACKLOG_KEYS").labels(channel=self.channel).set(len(self._backlog))
+
+
+#: What a confirmed key keeps of its record: enough for read-back and a later dead letter.
+_SLIM_FIELDS = ("channel", "sku", "location", "available", "version", "as_of", "source", "source_id")
+
+
+def _slim(record: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The record without its bulky parts (warehouses, ...): memory stays small per key."""
+    return {name: record.get(name) for name in _SLIM_FIELDS}
 
 
 class MultiChannelSink:
