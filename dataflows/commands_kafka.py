@@ -55,6 +55,8 @@ __all__ = [
     "check_brokers",
     "compute_lag",
     "end_offsets",
+    "flow_input_topics",
+    "flow_recovery_dirs",
     "group_positions",
     "main",
     "parse_since",
@@ -640,10 +642,12 @@ class LagRow:
     end: int
     position: int | None
     lag: int
+    #: The dataflow whose position this is (None: positions not tied to one flow).
+    flow: str | None = None
 
     def as_json(self) -> dict[str, Any]:
-        return {"topic": self.topic, "partition": self.partition, "end": self.end,
-                "position": self.position, "lag": self.lag}
+        return {"flow": self.flow, "topic": self.topic, "partition": self.partition,
+                "end": self.end, "position": self.position, "lag": self.lag}
 
 
 def compute_lag(
@@ -653,6 +657,7 @@ def compute_lag(
     recovery_dir: str | Path | None = None,
     group: str | None = None,
     timeout: float = CONNECT_TIMEOUT,
+    flow: str | None = None,
 ) -> tuple[list[LagRow], str]:
     """Lag per partition and a description of where positions came from.
 
@@ -672,26 +677,87 @@ def compute_lag(
     rows = []
     for (t, p), (low, end) in sorted(ends.items()):
         pos = positions.get((t, p))
-        rows.append(LagRow(t, p, end, pos, max(0, end - (low if pos is None else pos))))
+        rows.append(LagRow(t, p, end, pos, max(0, end - (low if pos is None else pos)), flow))
     return rows, source
 
 
+#: The live dataflows, as `atpflow run --flow` names them.
+LAG_FLOWS = ("availability", "milestones")
+
+
+def flow_input_topics(config: Config, flow: str) -> list[str]:
+    """The topics a live dataflow reads."""
+    if flow == "availability":
+        from dataflows.availability import input_topics
+    else:
+        from dataflows.milestones import input_topics
+    return input_topics(config)
+
+
+def _has_parts(path: Path) -> bool:
+    return path.is_dir() and any(path.glob("part-*.sqlite3"))
+
+
+def flow_recovery_dirs(root: str | Path, flow: str = "all") -> list[tuple[str | None, Path]]:
+    """Where each flow's recovery partitions are under `root`.
+
+    `atpflow run` gives every flow its own store, `<recovery.dir>/<flow>`; a
+    directory that holds `part-*.sqlite3` itself is one store (flow unknown).
+    Raises `FileNotFoundError` when nothing is found.
+    """
+    root = Path(root)
+    if _has_parts(root):
+        return [(None, root)]
+    flows = LAG_FLOWS if flow == "all" else (flow,)
+    found = [(f, root / f) for f in flows if _has_parts(root / f)]
+    if not found:
+        where = root if flow == "all" else root / flow
+        msg = (f"no recovery partitions (part-*.sqlite3) in {where}"
+               + ("" if flow != "all" else f" nor in its {'/'.join(LAG_FLOWS)} subdirectories"))
+        raise FileNotFoundError(msg)
+    return found
+
+
 def _cmd_lag(args: argparse.Namespace, config: Config) -> int:
-    topics = args.topic or list(config.topics.input_schemas)
     recovery = args.recovery or (None if args.group else config.recovery.dir)
+    rows: list[LagRow] = []
+    sources: list[str] = []
     try:
-        rows, source = compute_lag(config, topics, recovery_dir=recovery, group=args.group,
-                                   timeout=args.connect_timeout)
+        if recovery is None:
+            flows = LAG_FLOWS if args.flow == "all" else (args.flow,)
+            topics = args.topic or list(dict.fromkeys(
+                t for f in flows for t in flow_input_topics(config, f)))
+            rows, source = compute_lag(config, topics, group=args.group,
+                                       timeout=args.connect_timeout)
+            sources.append(source)
+        else:
+            # Each flow keeps its own positions (both read ref.items): one set of rows each.
+            for flow, where in flow_recovery_dirs(recovery, args.flow):
+                if args.topic:
+                    topics = args.topic
+                elif flow is None:
+                    topics = list(config.topics.input_schemas)
+                else:
+                    topics = flow_input_topics(config, flow)
+                part, source = compute_lag(config, topics, recovery_dir=where, flow=flow,
+                                           timeout=args.connect_timeout)
+                rows += part
+                sources.append(source)
     except FileNotFoundError as exc:
         _err(args, str(exc))
         return 2
     total = sum(r.lag for r in rows)
+    source = "; ".join(sources)
     if args.json:
         _print_json({"positions": source, "total_lag": total,
                      "partitions": [r.as_json() for r in rows]})
         return 0
-    print(_table([(r.topic, r.partition, r.end, r.position, r.lag) for r in rows],
-                 ("topic", "partition", "end", "position", "lag")))
+    if any(r.flow for r in rows):
+        print(_table([(r.flow, r.topic, r.partition, r.end, r.position, r.lag) for r in rows],
+                     ("flow", "topic", "partition", "end", "position", "lag")))
+    else:
+        print(_table([(r.topic, r.partition, r.end, r.position, r.lag) for r in rows],
+                     ("topic", "partition", "end", "position", "lag")))
     print(f"total lag: {total}  (positions: {source})")
     return 0
 
@@ -803,10 +869,15 @@ def register(
               description="Lag = end offset minus the dataflow's position. Bytewax keeps its "
                           "offsets in its recovery store, not in Kafka: positions come from the "
                           "newest snapshots in the recovery dir (--recovery, default the "
-                          "config's recovery.dir), or from a consumer group's committed offsets "
-                          "(--group); with neither, lag is the whole partition. Tansu reports "
+                          "config's recovery.dir, where `atpflow run` keeps one store per flow "
+                          "in <dir>/<flow>), or from a consumer group's committed offsets "
+                          "(--group); with neither, lag is the whole partition. Positions move "
+                          "at each snapshot (recovery.snapshot_interval). Tansu reports "
                           "the start of its last batch as the high watermark, so the end is "
                           "found by reading that last batch to partition EOF.")
+    p.add_argument("--flow", choices=[*LAG_FLOWS, "all"], default="all",
+                   help="whose positions (and default topics): availability, milestones or "
+                        "all (default: every flow with recovery partitions)")
     p.add_argument("--topic", action="append", metavar="TOPIC",
                    help="topic (repeatable; default: the input topics)")
     who = p.add_mutually_exclusive_group()

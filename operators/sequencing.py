@@ -19,6 +19,7 @@ wrapper reads the clock), so the logic is deterministic under test.
 from __future__ import annotations
 
 import bisect
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,53 +33,67 @@ __all__ = ["MIN_EVENT_TIME_MS", "IdMemory", "Outcome", "SequencerState", "Sequen
 MIN_EVENT_TIME_MS = 946_684_800_000
 #: How many applied sequence numbers keep their payload digest.
 MEMORY_WINDOW = 64
+ID_BYTES = 5
+SLOT_BYTES = 10
+DIGEST_BYTES = SLOT_BYTES - ID_BYTES
+EMPTY_SLOT = bytes(SLOT_BYTES)
 #: Skipped ranges remembered per stream; an older skipped number arriving counts as a duplicate.
 MAX_SKIPPED_RANGES = 256
 
 
+def id_hash(rid: str) -> bytes:
+    """A 5-byte hash of a record id: a false match within one window is ~6e-11."""
+    return hashlib.blake2b(rid.encode(), digest_size=ID_BYTES).digest()
+
+
 @dataclass(slots=True)
 class IdMemory:
-    """Recent payloads of one stream, pruned below a moving floor.
+    """Who held each of a stream's last `MEMORY_WINDOW` applied numbers, compactly.
 
-    `payloads` holds every (id, digest) seen in the window (the first record of a
-    number and any dead-lettered ones), so an exact redelivery of anything is
-    recognised; `holders` names the first id of each number and `ids` the newest number
-    an id arrived with, for the conflicting-duplicate checks.
+    One 10-byte slot per number (`seq % MEMORY_WINDOW`): a 5-byte hash of the id and
+    5 bytes of the payload digest, in one bytearray, so a stream costs 640 bytes here
+    however many ids it has seen. Numbers still in the reorder buffer are checked in
+    the buffer itself; the slot is written when the number is consumed. Dead-lettered
+    records that hold no number (a conflicting duplicate, a record with no valid number)
+    go to `extra`, pruned as the stream advances.
     """
 
-    payloads: dict[tuple[str, bytes], int] = field(default_factory=dict)
-    holders: dict[int, str] = field(default_factory=dict)
-    ids: dict[str, int] = field(default_factory=dict)
+    ring: bytearray = field(default_factory=lambda: bytearray(SLOT_BYTES * MEMORY_WINDOW))
+    #: (id hash + digest) -> the number below which it is forgotten
+    extra: dict[bytes, int] | None = None
 
-    def seen(self, rid: str, dig: bytes) -> bool:
-        return (rid, dig) in self.payloads
+    def slot(self, seq: int) -> bytes:
+        at = (seq % MEMORY_WINDOW) * SLOT_BYTES
+        return bytes(self.ring[at:at + SLOT_BYTES])
 
-    def knows_id(self, rid: str) -> bool:
-        return rid in self.ids
+    def write(self, seq: int, entry: bytes) -> None:
+        at = (seq % MEMORY_WINDOW) * SLOT_BYTES
+        self.ring[at:at + SLOT_BYTES] = entry
 
-    def holder_of(self, seq: int) -> str | None:
-        return self.holders.get(seq)
+    def clear(self, seq: int) -> None:
+        self.write(seq, EMPTY_SLOT)
 
-    def remember(self, seq: int, rid: str, dig: bytes, *, holds: bool = True) -> None:
-        """Remember a payload; `holds`: it is the record that owns number `seq`."""
-        self.payloads[(rid, dig)] = seq
-        self.ids[rid] = max(seq, self.ids.get(rid, seq))
-        if holds:
-            self.holders.setdefault(seq, rid)
+    def has_id(self, idh: bytes) -> bool:
+        """Is `idh` the id hash of any remembered slot or extra entry?"""
+        ring = self.ring
+        at = ring.find(idh)
+        while at != -1:
+            if at % SLOT_BYTES == 0:
+                return True
+            at = ring.find(idh, at + 1)
+        return bool(self.extra) and any(k[:ID_BYTES] == idh for k in self.extra)  # type: ignore[union-attr]
 
-    def prune_below(self, floor: int) -> None:
-        """Forget numbers below `floor` (called as the stream advances)."""
-        if not self.holders or min(self.payloads.values(), default=floor) >= floor:
-            return
-        for pair in [p for p, seq in self.payloads.items() if seq < floor]:
-            del self.payloads[pair]
-        for seq in [s for s in self.holders if s < floor]:
-            del self.holders[seq]
-        for rid in [r for r, seq in self.ids.items() if seq < floor]:
-            del self.ids[rid]
+    def remember_extra(self, entry: bytes, until: int) -> None:
+        if self.extra is None:
+            self.extra = {}
+        self.extra[entry] = until
 
-    def __len__(self) -> int:
-        return len(self.payloads)
+    def prune_extra(self, floor: int) -> None:
+        if self.extra:
+            for entry in [e for e, until in self.extra.items() if until < floor]:
+                del self.extra[entry]
+            if not self.extra:
+                self.extra = None
 
 
 @dataclass(slots=True)
@@ -115,8 +130,9 @@ class SequencerState:
     #: the input topic, for SEQUENCE_GAP dead letters
     topic: str = ""
     next_seq: int = 1
-    #: seq -> record waiting for its turn, or None for a number used up by a dead letter.
-    buffer: dict[int, Decoded | None] = field(default_factory=dict)
+    #: seq -> record waiting for its turn, or the 10-byte identity of a dead-lettered
+    #: record that used the number up.
+    buffer: dict[int, Decoded | bytes] = field(default_factory=dict)
     skipped: SkipSet = field(default_factory=SkipSet)
     memory: IdMemory = field(default_factory=IdMemory)
     #: Processing time at which the open gap skips.
@@ -165,25 +181,46 @@ class Sequencer:
             if not self._reject(d, now, out, conflict=False):
                 out.ordered.append(d)
             return
-        memory = st.memory
-        if memory.seen(rid, d.digest):
+        entry = id_hash(rid) + d.digest[:DIGEST_BYTES]
+        held = self._held(seq)  # the identity that holds `seq`, if remembered
+        if held == entry or (st.memory.extra and entry in st.memory.extra):
             out.duplicates += 1
             return
-        holder = memory.holder_of(seq)
-        conflict = memory.knows_id(rid) or (holder is not None and holder != rid)
-        fresh_number = seq >= 1 and holder is None and (seq >= st.next_seq or seq in st.skipped)
+        conflict = (held is not None) or self._knows_id(entry[:ID_BYTES])
+        fresh_number = seq >= 1 and held is None and (seq >= st.next_seq or seq in st.skipped)
         if not conflict and not fresh_number and seq >= 1:
             out.duplicates += 1  # at or below what was applied, older than the memory window
             return
         if self._reject(d, now, out, conflict=conflict):
             # Dead-lettered: an exact redelivery is a duplicate, and a decoded record still
             # uses up a fresh number (the stream moves past it, no SEQUENCE_GAP for it).
-            memory.remember(seq if seq >= 1 else st.next_seq, rid, d.digest, holds=fresh_number)
             if fresh_number:
-                self._take(seq, None, now, out)
+                self._take(seq, entry, now, out)
+            else:
+                st.memory.remember_extra(entry, max(seq, st.next_seq) + MEMORY_WINDOW)
             return
-        memory.remember(seq, rid, d.digest)
         self._take(seq, d, now, out)
+
+    def _held(self, seq: int) -> bytes | None:
+        st = self.state
+        if seq >= st.next_seq:
+            held = st.buffer.get(seq)
+            if held is None or isinstance(held, bytes):
+                return held
+            return id_hash(held.rec.record_id) + held.digest[:DIGEST_BYTES]
+        if seq >= st.next_seq - MEMORY_WINDOW and seq >= 1:
+            slot = st.memory.slot(seq)
+            return None if slot == EMPTY_SLOT else slot
+        return None
+
+    def _knows_id(self, idh: bytes) -> bool:
+        st = self.state
+        if st.memory.has_id(idh):
+            return True
+        return any(
+            (v[:ID_BYTES] if isinstance(v, bytes) else id_hash(v.rec.record_id)) == idh
+            for v in st.buffer.values()
+        ) if st.buffer else False
 
     def _reject(self, d: Decoded, now: float, out: Outcome, *, conflict: bool) -> bool:
         """The arrival checks, in the contract's order; True if dead-lettered."""
@@ -202,11 +239,13 @@ class Sequencer:
             return True
         return False
 
-    def _take(self, seq: int, d: Decoded | None, now: float, out: Outcome) -> None:
+    def _take(self, seq: int, d: Decoded | bytes, now: float, out: Outcome) -> None:
         st = self.state
         if seq < st.next_seq:
             st.skipped.remove(seq)
-            if d is not None:
+            if seq >= st.next_seq - MEMORY_WINDOW:
+                st.memory.write(seq, d if isinstance(d, bytes) else self._identity(d))
+            if not isinstance(d, bytes):
                 out.ordered.append(d)  # a late correction
             return
         st.buffer[seq] = d
@@ -218,17 +257,25 @@ class Sequencer:
         if len(st.buffer) > self.max_buffered:
             self.skip(out)
 
+    @staticmethod
+    def _identity(d: Decoded) -> bytes:
+        return id_hash(d.rec.record_id) + d.digest[:DIGEST_BYTES]
+
     def _drain(self, out: Outcome) -> bool:
         st = self.state
         start = st.next_seq
         buf = st.buffer
+        memory = st.memory
         while st.next_seq in buf:
             d = buf.pop(st.next_seq)
-            if d is not None:
+            if isinstance(d, bytes):
+                memory.write(st.next_seq, d)
+            else:
+                memory.write(st.next_seq, self._identity(d))
                 out.ordered.append(d)
             st.next_seq += 1
         if st.next_seq != start:
-            st.memory.prune_below(st.next_seq - MEMORY_WINDOW)
+            memory.prune_extra(st.next_seq)
             return True
         return False
 
@@ -239,6 +286,8 @@ class Sequencer:
         while st.buffer:
             lo, hi = st.next_seq, min(st.buffer) - 1
             st.skipped.add(lo, hi)
+            for seq in range(max(lo, hi - MEMORY_WINDOW + 1), hi + 1):
+                st.memory.clear(seq)  # a slot may still hold the number 64 below
             out.gaps += 1
             out.dead.append(self._gap_letter(lo, hi))
             st.next_seq = hi + 1

@@ -23,6 +23,11 @@ idempotent producer (`acks=all`), and every `write_batch` ends with a flush
 that raises if any delivery failed: a failed write stops the dataflow, and
 recovery replays it from the last snapshot instead of dropping it.
 
+Metrics. The source sets `atpflow_consumer_lag_messages` per partition and
+the sink, after each successful flush, counts `atpflow_records_out_total`,
+observes the two latency histograms and moves `atpflow_event_time_lag_seconds`
+(see `_RawPartition` and `_observe_written` for how, and why cheaply).
+
 Partitioning. Records are explicitly partitioned with murmur2 of the key,
 exactly like the Java client's default partitioner (and librdkafka's
 `murmur2_random`), so that every client agrees where a key lives. We compute
@@ -34,6 +39,9 @@ and a `kafka.extra` override could silently change it.
 from __future__ import annotations
 
 import logging
+import threading
+import time
+from bisect import bisect_left
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -59,6 +67,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from dataflows.config import Config, KafkaConfig
+from operators import metrics
 from operators.records import Output, RawRecord
 from schemas import codec
 
@@ -347,14 +356,70 @@ def to_raw(msg: Message | KafkaSourceMessage[Any, Any]) -> RawRecord:
 # -- source ------------------------------------------------------------------
 
 
-class _RawPartition(StatefulSourcePartition[RawRecord, int | None]):
-    """The stock partition, its messages converted to `RawRecord`."""
+#: Seconds between two updates of a partition's consumer-lag gauge.
+LAG_UPDATE_INTERVAL = 0.5
 
-    def __init__(self, inner: StatefulSourcePartition[Any, int | None]) -> None:
+
+class _RawPartition(StatefulSourcePartition[RawRecord, int | None]):
+    """The stock partition, its messages converted to `RawRecord`, exporting its lag.
+
+    `atpflow_consumer_lag_messages{topic,partition}` is the high watermark minus the
+    next offset this partition will read, from what the consumer already knows, never
+    a request to the broker:
+
+    - the high watermark is `get_watermark_offsets(cached=True)`: the value carried by
+      the last fetch response, kept by librdkafka's fetcher thread (which keeps
+      fetching while we are idle, so the value follows new records). On Tansu the
+      fetch response carries the true end; it is only the ListOffsets answer (an
+      uncached `get_watermark_offsets`, what `atpflow lag` has to work around) that
+      reports the start of the last batch. On Kafka both agree.
+    - the next offset is the stock partition's resume state (`snapshot()`); before the
+      first record it is `OFFSET_BEGINNING`, and the next offset is the low watermark.
+
+    Not the statistics callback: Bytewax's partition installs its own `stats_cb` (for
+    `bytewax_kafka_consumer_lag`) over any we pass, and the per-partition
+    `consumer_lag` there is -1 anyway, since Bytewax never commits offsets.
+
+    The gauge moves at most every `LAG_UPDATE_INTERVAL` seconds (one clock read per
+    `next_batch` otherwise), and is clamped at 0. One worker owns a partition, so
+    `set()` on its label set is safe.
+    """
+
+    def __init__(
+        self, inner: StatefulSourcePartition[Any, int | None], topic: str, partition: int
+    ) -> None:
         self._inner = inner
+        # The stock partition's consumer (Bytewax 0.21.1 keeps it as `_consumer`); if a
+        # later version renames it, the lag gauge stays unset rather than break reading.
+        self._consumer: Consumer | None = getattr(inner, "_consumer", None)
+        self._tp = TopicPartition(topic, partition)
+        # Created at the first known value: no series rather than a made-up 0.
+        self._lag: Any = None
+        self._lag_due = 0.0
 
     def next_batch(self) -> list[RawRecord]:
-        return [to_raw(m) for m in self._inner.next_batch()]
+        batch = [to_raw(m) for m in self._inner.next_batch()]
+        now = time.monotonic()
+        if now >= self._lag_due:
+            self._lag_due = now + LAG_UPDATE_INTERVAL
+            self._update_lag()
+        return batch
+
+    def _update_lag(self) -> None:
+        if self._consumer is None:
+            return
+        try:
+            low, high = self._consumer.get_watermark_offsets(self._tp, cached=True)
+        except KafkaException:
+            return
+        if high < 0 or low < 0:  # no fetch response yet (OFFSET_INVALID)
+            return
+        position = self._inner.snapshot()
+        if position is None or position < 0:  # nothing read yet: starts at the beginning
+            position = low
+        if self._lag is None:
+            self._lag = metrics.CONSUMER_LAG.labels(self._tp.topic, str(self._tp.partition))
+        self._lag.set(max(0, high - position))
 
     def next_awake(self) -> datetime | None:
         return self._inner.next_awake()
@@ -417,7 +482,10 @@ class KafkaRawSource(FixedPartitionedSource[RawRecord, int | None]):
     def build_part(
         self, step_id: str, for_part: str, resume_state: int | None
     ) -> _RawPartition:
-        return _RawPartition(self._inner.build_part(step_id, for_part, resume_state))
+        idx, topic = for_part.split("-", 1)
+        return _RawPartition(
+            self._inner.build_part(step_id, for_part, resume_state), topic, int(idx)
+        )
 
 
 # -- checked producer --------------------------------------------------------
@@ -555,6 +623,102 @@ class CheckedProducer:
 # -- sink ----------------------------------------------------------------------
 
 
+# Label children looked up once per topic (output topics are a fixed, small set), each
+# when first used: no empty latency series for the dead-letter topic, whose records carry
+# no timestamps.
+_records_out = lru_cache(maxsize=None)(metrics.RECORDS_OUT.labels)
+_input_latency = lru_cache(maxsize=None)(metrics.INPUT_TO_OUTPUT_LATENCY.labels)
+_event_time_latency = lru_cache(maxsize=None)(metrics.EVENT_TIME_TO_OUTPUT_LATENCY.labels)
+
+
+def _observe_many(histogram: Any, values: list[float]) -> None:
+    """`observe()` every value, with one bucket increment per bucket rather than per value.
+
+    prometheus-client has no bulk observe: this uses the child's `_upper_bounds`,
+    `_buckets` and `_sum` (stable since 0.4; 0.26 here), exactly as its `observe()`
+    does (a value goes to the first bucket whose bound is >= it; the last is +Inf).
+    Falls back to `observe()` per value if those ever change.
+    """
+    try:
+        bounds, buckets, total = histogram._upper_bounds, histogram._buckets, histogram._sum
+    except AttributeError:
+        for v in values:
+            histogram.observe(v)
+        return
+    counts = [0] * len(bounds)
+    for v in values:
+        counts[bisect_left(bounds, v)] += 1
+    for i, n in enumerate(counts):
+        if n:
+            buckets[i].inc(n)
+    total.inc(sum(values))
+
+
+_newest_lock = threading.Lock()
+#: Newest event time (epoch ms) written per source, shared by every sink partition of
+#: the process; `atpflow_event_time_lag_seconds` is computed from it at scrape time.
+_newest_event_ms: dict[str, int] = {}
+
+
+def _event_time_lag(source: str) -> Callable[[], float]:
+    def lag() -> float:
+        return time.time() - _newest_event_ms[source] / 1000
+    return lag
+
+
+def _note_newest(newest: dict[str, int]) -> None:
+    with _newest_lock:
+        for source, ms in newest.items():
+            known = _newest_event_ms.get(source)
+            if known is None:
+                _newest_event_ms[source] = ms
+                # Evaluated at scrape time: a source that stops keeps ageing on the
+                # dashboard, which a value set at write time would hide.
+                metrics.EVENT_TIME_LAG.labels(source).set_function(_event_time_lag(source))
+            elif ms > known:
+                _newest_event_ms[source] = ms
+
+
+def _source_of(out: Output) -> str | None:
+    """The upstream source (wms, erp, ...) whose record caused `out`, when known."""
+    source = getattr(out, "source", None)  # if Output ever carries it
+    if source is None and out.value is not None:
+        source = out.value.get("source")  # AvailabilityRecord: wms or erp
+    return source if isinstance(source, str) else None
+
+
+def _observe_written(values: list[Output]) -> None:
+    """Metrics of a batch the cluster acknowledged: counts, latencies, event-time lag.
+
+    One pass collecting timestamps, then one counter increment and one bulk
+    histogram observation per topic: a few attribute reads per record.
+    """
+    now_ms = time.time() * 1000
+    counts: dict[str, int] = {}
+    input_ts: dict[str, list[int]] = {}
+    event_ts: dict[str, list[int]] = {}
+    newest: dict[str, int] = {}
+    for out in values:
+        topic = out.topic
+        counts[topic] = counts.get(topic, 0) + 1
+        if out.input_ts is not None:
+            input_ts.setdefault(topic, []).append(out.input_ts)
+        et = out.event_time
+        if et is not None:
+            event_ts.setdefault(topic, []).append(et)
+            source = _source_of(out)
+            if source is not None and et > newest.get(source, -1):
+                newest[source] = et
+    for topic, n in counts.items():
+        _records_out(topic).inc(n)
+    for topic, stamps in input_ts.items():
+        _observe_many(_input_latency(topic), [(now_ms - ts) / 1000 for ts in stamps])
+    for topic, stamps in event_ts.items():
+        _observe_many(_event_time_latency(topic), [(now_ms - ts) / 1000 for ts in stamps])
+    if newest:
+        _note_newest(newest)
+
+
 class _OutputPartition(StatefulSinkPartition[Output, None]):
     def __init__(self, producer: CheckedProducer) -> None:
         self._producer = producer
@@ -567,6 +731,7 @@ class _OutputPartition(StatefulSinkPartition[Output, None]):
         # The batch counts as written only once the cluster has it: a failure
         # raises here, the dataflow stops, and recovery replays the batch.
         self._producer.flush()
+        _observe_written(values)
 
     def snapshot(self) -> None:
         # Nothing to resume: outputs after the last snapshot are re-sent, and

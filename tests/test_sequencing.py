@@ -11,10 +11,13 @@ from operators.sequencing import (
     MAX_SKIPPED_RANGES,
     MEMORY_WINDOW,
     MIN_EVENT_TIME_MS,
+    ID_BYTES,
+    SLOT_BYTES,
     IdMemory,
     Outcome,
     Sequencer,
     SkipSet,
+    id_hash,
 )
 
 STREAM = "wms|DC-ATL|ITM-1"
@@ -139,7 +142,7 @@ def test_exact_duplicate_of_the_record_just_applied_is_counted() -> None:
 def test_redelivery_older_than_the_memory_window_is_a_plain_duplicate() -> None:
     s = new_sequencer()
     feed(s, *[txn(n) for n in range(1, 101)])
-    assert 1 not in s.state.memory.holders and "T1" not in s.state.memory.ids
+    assert not s.state.memory.has_id(id_hash("T1"))  # its slot now holds number 65
 
     exact = feed(s, txn(1))
     changed = feed(s, txn(1, qty=99))  # a different payload, but too old to tell
@@ -563,7 +566,7 @@ def test_replayed_record_is_not_deduplicated_by_the_sequencer() -> None:
     out = feed(s, replayed, replayed)
 
     assert ids(out) == ["R1", "R1"]
-    assert s.state.memory.ids == {}
+    assert not any(s.state.memory.ring) and s.state.memory.extra is None
 
 
 # -- bounded memory ---------------------------------------------------------------------------
@@ -589,12 +592,12 @@ def test_memory_stays_bounded_over_200k_in_order_records() -> None:
         out = Outcome()
         s.on_record(_cheap_txn(n), NOW, out)
         applied += len(out.ordered)
-        biggest = max(biggest, len(memory.holders), len(memory.ids))
+        biggest = max(biggest, len(memory.ring) + len(memory.extra or ()))
 
     assert applied == 200_000
-    assert biggest == MEMORY_WINDOW
-    assert sorted(memory.holders) == list(range(200_001 - MEMORY_WINDOW, 200_001))
-    assert len(memory.ids) == MEMORY_WINDOW
+    assert biggest == MEMORY_WINDOW * SLOT_BYTES
+    newest = range(200_001 - MEMORY_WINDOW, 200_001)
+    assert [memory.slot(n)[:ID_BYTES] for n in newest] == [id_hash(f"T{n}") for n in newest]
     assert s.state.buffer == {}
 
 
@@ -609,9 +612,8 @@ def test_memory_stays_bounded_by_window_plus_buffer_when_reordered() -> None:
             out = Outcome()
             s.on_record(_cheap_txn(n), NOW, out)
             applied += len(out.ordered)
-            limit = MEMORY_WINDOW + len(s.state.buffer)
-            worst_excess = max(worst_excess, len(memory.holders) - limit,
-                               len(memory.ids) - limit)
+            worst_excess = max(worst_excess, len(memory.ring) - MEMORY_WINDOW * SLOT_BYTES,
+                               len(memory.extra or ()), len(s.state.buffer) - 4)
 
     assert applied == 40_000
     assert worst_excess <= 0
@@ -630,7 +632,7 @@ def test_many_gaps_keep_the_skip_set_bounded() -> None:
 
     assert gaps == 1999
     assert len(s.state.skipped.ranges) == MAX_SKIPPED_RANGES
-    assert len(s.state.memory.holders) <= MEMORY_WINDOW
+    assert s.state.memory.extra is None
     newest_skipped = 3998
     late = feed(s, _cheap_txn(newest_skipped))
     oldest = feed(s, _cheap_txn(2))
@@ -641,34 +643,30 @@ def test_many_gaps_keep_the_skip_set_bounded() -> None:
 # -- the small pieces alone -------------------------------------------------------------------
 
 
-def test_id_memory_lookup_holder_and_prune() -> None:
+def test_id_memory_slots_ids_and_extra_entries() -> None:
     m = IdMemory()
-    m.remember(1, "A", b"a")
-    m.remember(2, "B", b"b")
-    m.remember(3, "C", b"c")
-    m.remember(3, "D", b"d", holds=False)  # a dead-lettered conflict: remembered, holds nothing
+    a = id_hash("A") + b"\x01" * 5
+    b = id_hash("B") + b"\x02" * 5
+    m.write(1, a)
+    m.write(2, b)
+    m.remember_extra(id_hash("D") + b"\x03" * 5, until=10)
 
-    assert m.seen("B", b"b") and not m.seen("B", b"x")
-    assert m.knows_id("D") and not m.knows_id("Z")
-    assert (m.holder_of(3), m.holder_of(4)) == ("C", None)
+    assert (m.slot(1), m.slot(2), m.slot(3)) == (a, b, bytes(SLOT_BYTES))
+    assert m.has_id(id_hash("B")) and m.has_id(id_hash("D")) and not m.has_id(id_hash("Z"))
 
-    m.prune_below(3)
+    m.write(1 + MEMORY_WINDOW, id_hash("C") + b"\x04" * 5)  # number 65 reuses the slot of 1
+    m.prune_extra(11)
 
-    assert m.holders == {3: "C"}
-    assert m.ids == {"C": 3, "D": 3}
-    assert m.payloads == {("C", b"c"): 3, ("D", b"d"): 3}
+    assert not m.has_id(id_hash("A")) and not m.has_id(id_hash("D"))
+    assert m.extra is None
 
 
-def test_id_memory_prune_keeps_an_id_remembered_under_a_newer_number() -> None:
+def test_id_memory_matches_an_id_only_at_slot_boundaries() -> None:
     m = IdMemory()
-    m.remember(1, "A", b"a")
-    m.remember(5, "A", b"x", holds=False)
+    idh = id_hash("A")
+    m.write(0, b"\x00" * 3 + idh + b"\x00" * 3)  # the bytes occur, but not as an id
 
-    m.prune_below(2)
-
-    assert m.holders == {}
-    assert m.ids == {"A": 5}
-    assert m.payloads == {("A", b"x"): 5}
+    assert not m.has_id(idh)
 
 
 def test_skip_set_membership_and_remove_splits_ranges() -> None:

@@ -9,7 +9,10 @@ What the dataflow calls:
   routes records of several channels);
 - `FulfillmentSink.from_config(...)`, then `add(request_or_dict)` per shipped shipment and
   `flush()`; `fulfillment_from_milestone(record)` turns a milestone record into a request;
-- `load_marketplace_config(path_or_dict)` for the `MarketplaceConfig`.
+- `load_marketplace_config(path_or_dict)` for the `MarketplaceConfig`;
+- in a Bytewax flow, the outputs of `sinks.marketplace.bytewax_io` (`MarketplaceOutput`,
+  `FulfillmentOutput`, `RedisViewOutput`) wrap the above: records in ``write_batch``, a flush at
+  every epoch end, the unconfirmed records as resume state.
 
 Adapters (`ShopifyAdapter`, `AmazonAdapter`) cite the API documentation they follow.
 """

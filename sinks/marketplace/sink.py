@@ -560,7 +560,16 @@ class MarketplaceSink:
 
 
 #: What a confirmed key keeps of its record: enough for read-back and a later dead letter.
-_SLIM_FIELDS = ("channel", "sku", "location", "available", "version", "as_of", "source", "source_id")
+_SLIM_FIELDS = (
+    "channel",
+    "sku",
+    "location",
+    "available",
+    "version",
+    "as_of",
+    "source",
+    "source_id",
+)
 
 
 def _slim(record: Mapping[str, Any]) -> Mapping[str, Any]:
