@@ -8,6 +8,8 @@ parked streams settle at end of input, versions count from 1) and the clock.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
+from typing import Any
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
@@ -24,6 +26,7 @@ from operators.steps import (
     dead_letter_records,
     decode_step,
     emit,
+    emit_records,
     normalise_step,
     project_step,
     route_items_step,
@@ -52,8 +55,13 @@ def build_availability_flow(
     *,
     mode: Mode = "live",
     clock: Clock = time.time,
+    record_sinks: Sequence[tuple[str, Any]] = (),
 ) -> Dataflow:
-    """The availability graph between `source` (RawRecord) and `sink` (Output)."""
+    """The availability graph between `source` (RawRecord) and `sink` (Output).
+
+    `record_sinks` (name, sink) also get every availability record as `(key, record)`:
+    the marketplace pushes and the Redis view in live mode.
+    """
     topics = config.topics
     mine = set(input_topics(config))
     schemas = {t: s for t, s in topics.input_schemas.items() if t in mine}
@@ -84,4 +92,5 @@ def build_availability_flow(
     )
     letters = dead_letter_records("dead_letter_records", dead, topics.dead_letter)
     emit("output", op.merge("all_out", projected.oks, letters), sink)
+    emit_records("side_outputs", projected.oks, record_sinks)
     return flow

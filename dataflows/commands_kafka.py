@@ -709,7 +709,7 @@ def flow_recovery_dirs(root: str | Path, flow: str = "all") -> list[tuple[str | 
     if _has_parts(root):
         return [(None, root)]
     flows = LAG_FLOWS if flow == "all" else (flow,)
-    found = [(f, root / f) for f in flows if _has_parts(root / f)]
+    found: list[tuple[str | None, Path]] = [(f, root / f) for f in flows if _has_parts(root / f)]
     if not found:
         where = root if flow == "all" else root / flow
         msg = (f"no recovery partitions (part-*.sqlite3) in {where}"

@@ -220,12 +220,17 @@ def _apply_env(raw: dict[str, Any], environ: dict[str, str]) -> None:
             node[path[-1]] = yaml.safe_load(text) if text else text
 
 
-def _format_errors(exc: ValidationError) -> list[str]:
+_SECRETISH = re.compile(r"pass|secret|token|key|credential", re.IGNORECASE)
+
+
+def _format_errors(exc: ValidationError, *, echo: bool = True) -> list[str]:
     out = []
     for err in exc.errors():
         where = ".".join(str(p) for p in err["loc"])
         got = err.get("input")
-        shown = "" if isinstance(got, dict | list) else f" (got {got!r})"
+        # A value pasted where a secret reference belongs must not be echoed into logs.
+        quiet = not echo or isinstance(got, dict | list) or _SECRETISH.search(where)
+        shown = "" if quiet else f" (got {got!r})"
         out.append(f"{where}: {err['msg']}{shown}")
     return out
 
@@ -275,6 +280,13 @@ def load_config(
             problems.append(f"reference.{name}: not valid YAML: {exc}")
     if not problems:
         problems += config.channels.check_against(config.locations)
+    if config.marketplaces:
+        from sinks.marketplace.config import load_marketplace_config
+
+        try:
+            load_marketplace_config(config.marketplaces)
+        except ValidationError as exc:
+            problems += [f"marketplaces.{p}" for p in _format_errors(exc, echo=False)]
     if problems:
         raise ConfigError(source, problems)
     return config

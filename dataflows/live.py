@@ -81,19 +81,50 @@ class GracefulSource(FixedPartitionedSource[Any, Any]):
         return _StoppablePartition(self.inner.build_part(step_id, for_part, resume_state))
 
 
+def _side_sinks(config: Config, *, fulfillment: bool) -> list[tuple[str, Any]]:
+    """Marketplace pushes and the Redis view, as the config asks for them."""
+    out: list[tuple[str, Any]] = []
+    if config.marketplaces:
+        from sinks.dead_letters import MarketplaceDeadLetters
+        from sinks.marketplace.bytewax_io import FulfillmentOutput, MarketplaceOutput
+        from sinks.marketplace.config import load_marketplace_config
+
+        market = load_marketplace_config(config.marketplaces)
+        letters = MarketplaceDeadLetters(config)
+        if fulfillment:
+            out.append(("fulfillment", FulfillmentOutput(market, dead_letter=letters)))
+        else:
+            out.append(("marketplaces", MarketplaceOutput(market, dead_letter=letters)))
+    if config.redis.enabled and not fulfillment:
+        from sinks.marketplace.bytewax_io import RedisViewOutput
+
+        out.append(("redis_view", RedisViewOutput(config.redis.url, prefix=config.redis.prefix)))
+    return out
+
+
+def _source(config: Config, topics: list[str]) -> GracefulSource:
+    from sinks.kafka import KafkaRawSource
+
+    return GracefulSource(KafkaRawSource(config.kafka, topics, stop_at_eof=_stop_at_eof()))
+
+
 def availability() -> Dataflow:
     from dataflows.availability import build_availability_flow, input_topics
-    from sinks.kafka import KafkaOutputSink, KafkaRawSource
+    from sinks.kafka import KafkaOutputSink
 
     config = live_config()
-    source = GracefulSource(KafkaRawSource(config.kafka, input_topics(config), stop_at_eof=_stop_at_eof()))
-    return build_availability_flow(config, source, KafkaOutputSink(config.kafka), mode="live")
+    return build_availability_flow(
+        config, _source(config, input_topics(config)), KafkaOutputSink(config.kafka), mode="live",
+        record_sinks=_side_sinks(config, fulfillment=False),
+    )
 
 
 def milestones() -> Dataflow:
     from dataflows.milestones import build_milestones_flow, input_topics
-    from sinks.kafka import KafkaOutputSink, KafkaRawSource
+    from sinks.kafka import KafkaOutputSink
 
     config = live_config()
-    source = GracefulSource(KafkaRawSource(config.kafka, input_topics(config), stop_at_eof=_stop_at_eof()))
-    return build_milestones_flow(config, source, KafkaOutputSink(config.kafka), mode="live")
+    return build_milestones_flow(
+        config, _source(config, input_topics(config)), KafkaOutputSink(config.kafka), mode="live",
+        record_sinks=_side_sinks(config, fulfillment=True),
+    )

@@ -9,6 +9,8 @@ the clock.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
+from typing import Any
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
@@ -18,7 +20,7 @@ from bytewax.outputs import Sink
 from dataflows.config import Config
 from operators.milestone_steps import Clock, Mode, decode_inputs, dispatch_step, orders_step
 from operators.records import DeadLetter
-from operators.steps import dead_letter_records, emit
+from operators.steps import dead_letter_records, emit, emit_records
 
 __all__ = ["build_milestones_flow", "input_topics"]
 
@@ -36,6 +38,7 @@ def build_milestones_flow(
     *,
     mode: Mode = "live",
     clock: Clock | None = None,
+    record_sinks: Sequence[tuple[str, Any]] = (),
 ) -> Dataflow:
     """The milestones graph between `source` and `sink`.
 
@@ -84,4 +87,6 @@ def build_milestones_flow(
     dead: Stream[DeadLetter] = op.merge("dead", undecodable, routed.errs, milestones.errs)
     letters = dead_letter_records("dead_letter_records", dead, dead_topic)
     emit("output", op.merge("all_out", milestones.oks, letters), sink)
+    # Channel fulfillment pushes (live): every milestone record; the sink acts on SHIPPED.
+    emit_records("side_outputs", milestones.oks, record_sinks)
     return flow

@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -43,6 +43,7 @@ __all__ = [
     "dead_letter_records",
     "decode_step",
     "emit",
+    "emit_records",
     "normalise_step",
     "project_step",
     "route_items_step",
@@ -78,6 +79,20 @@ def emit(step_id: str, up: Stream[Output], sink: Any) -> None:
         op.output("partitioned", op.key_on("route", up, lambda o: o.key or ""), sink)
     else:
         op.output("output", up, sink)
+
+
+@operator
+def emit_records(step_id: str, up: Stream[Output], sinks: Sequence[tuple[str, Any]]) -> None:
+    """Each output record's value, keyed by its record key, to every side sink.
+
+    Side sinks (marketplace pushes, the Redis view) take `(key, record)` and route by
+    key, so the records of one key reach one sink partition in the order computed.
+    """
+    if not sinks:
+        return
+    keyed = op.map("by_key", up, lambda o: (o.key or "", o.value))
+    for name, sink in sinks:
+        op.output(name, keyed, sink)
 
 
 @operator

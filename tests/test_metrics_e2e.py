@@ -41,8 +41,8 @@ T = TypeVar("T")
 
 
 def _cli(*args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([sys.executable, "-m", "dataflows.cli", *args], capture_output=True,
-                          text=True, check=False, timeout=timeout)
+    proc = subprocess.run([sys.executable, "-m", "dataflows.cli", *args],  # noqa: S603
+                          capture_output=True, text=True, check=False, timeout=timeout)
     if check and proc.returncode != 0:
         pytest.fail(f"atpflow {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-2000:]}")
     return proc
@@ -152,13 +152,14 @@ def run(broker: LocalBroker, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
     replay = json.loads(_cli("replay", "--config", str(config_path), "--flow", "availability",
                              "--json", "--out", str(tmp / "replay"), *map(str, FIXTURES)).stdout)
-    published = _published(_cli("publish", "--config", str(config_path), *map(str, FIXTURES)).stdout)
+    published = _published(
+        _cli("publish", "--config", str(config_path), *map(str, FIXTURES)).stdout)
     lag_before = json.loads(_cli("lag", "--config", str(config_path), "--json").stdout)
 
     log = tmp / "run.log"
     env = {**os.environ, "BYTEWAX_DATAFLOW_API_ENABLED": "true"}
     with open(log, "wb") as fh:
-        proc = subprocess.Popen(
+        proc = subprocess.Popen(  # noqa: S603
             [sys.executable, "-m", "dataflows.cli", "run", "--config", str(config_path),
              "--flow", "availability", "-w", "2"],
             stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True,
@@ -230,15 +231,18 @@ def test_dead_letters_by_reason_match_replay(run: LiveRun, drained: Samples) -> 
 def test_records_out_match_the_output_topics(run: LiveRun, drained: Samples) -> None:
     topics = [run.config.topics.availability(c.id) for c in run.config.channels.channels]
 
-    def compare() -> tuple[dict[str, float], Counter[str]]:
+    def compare() -> tuple[dict[str, float], dict[str, float]]:
         metric = by_label(run.scrape(), "atpflow_records_out_total", "topic")
         on_topics = Counter(r.topic for r in iter_records(run.config.kafka, topics))
-        return {t: metric.get(t, 0) for t in topics}, on_topics
+        return {t: metric.get(t, 0) for t in topics}, {t: on_topics[t] for t in topics}
+
+    def equal() -> tuple[dict[str, float], dict[str, float]] | None:
+        metric, on_topics = compare()
+        return (metric, on_topics) if metric == on_topics else None
 
     # Counted right after each flush: equal once the sinks are idle.
-    result = _wait_for(lambda: (lambda m, o: (m, o) if m == o else None)(*compare()), timeout=10)
-    metric, on_topics = result or compare()
-    assert metric == dict(on_topics)
+    metric, on_topics = _wait_for(equal, timeout=10) or compare()
+    assert metric == on_topics
     assert all(on_topics[t] > 0 for t in topics)
 
 
@@ -327,7 +331,9 @@ class _FakePartition:
     ((0, 10), 12, 0),         # a stale watermark never makes it negative
     ((-1001, -1001), 4, None),  # no fetch response yet: left unset
 ])
-def test_consumer_lag_from_cached_watermarks(marks: tuple[int, int], position: int, lag: int | None) -> None:
+def test_consumer_lag_from_cached_watermarks(
+    marks: tuple[int, int], position: int, lag: int | None
+) -> None:
     from operators import metrics
     from sinks.kafka import _RawPartition
 
