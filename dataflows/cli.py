@@ -116,6 +116,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo()
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from sinks.serve import ServeConfig, serve
+
+    config = config_from_args(args)
+    print(f"atpflow serve: http://{args.host}:{args.port}/v1/availability/{{channel}}/{{sku}} "
+          f"from Redis {config.redis.url.split('@')[-1]} (prefix {config.redis.prefix}); "
+          f"OpenAPI at /openapi.json", file=sys.stderr, flush=True)
+    serve(ServeConfig(host=args.host, port=args.port, redis_url=config.redis.url,
+                      redis_prefix=config.redis.prefix))
+    return 0
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from dataflows.runner import run_flows
 
@@ -163,6 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop-at-eof", action="store_true",
                    help="stop once every input partition is read to its end (tests, one-off catch-up)")
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("serve", parents=[common], help="HTTP lookups of channel availability from Redis")
+    p.add_argument("--host", default="127.0.0.1", help="listen address (0.0.0.0 in a container)")
+    p.add_argument("--port", type=int, default=8080)
+    p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("recovery", help="crash-recovery state")
     rsub = p.add_subparsers(dest="recovery_command", required=True)

@@ -177,6 +177,9 @@ class Config(BaseModel):
     unknown_tracking_timeout: Seconds = 86400.0
     max_clock_skew: Seconds = 3600.0
     recovery: Recovery = Field(default_factory=Recovery)
+    #: Epoch length without recovery (with recovery, the snapshot interval): sinks that
+    #: push at checkpoints (marketplaces, the Redis view) flush this often.
+    epoch_interval: Seconds = Field(default=1.0, gt=0)
     redis: RedisConfig = Field(default_factory=RedisConfig)
     metrics_port: int = Field(default=3030, ge=0, le=65535)
     #: Marketplace adapters per channel id (see sinks.marketplace); optional.

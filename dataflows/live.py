@@ -36,6 +36,8 @@ def _stop_at_eof() -> bool:
 
 #: Set by SIGTERM: sources end their input, the dataflow drains, sinks flush, exit 0.
 STOPPING = threading.Event()
+#: Set once this process resumed a partition from a recovery snapshot (counted once).
+_RESUMED = threading.Event()
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
@@ -78,6 +80,11 @@ class GracefulSource(FixedPartitionedSource[Any, Any]):
         return self.inner.list_parts()
 
     def build_part(self, step_id: str, for_part: str, resume_state: Any) -> _StoppablePartition:
+        if resume_state is not None and not _RESUMED.is_set():
+            from operators import metrics
+
+            _RESUMED.set()
+            metrics.RECOVERY_RESUMES.inc()
         return _StoppablePartition(self.inner.build_part(step_id, for_part, resume_state))
 
 

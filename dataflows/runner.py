@@ -57,6 +57,9 @@ def bytewax_command(config: Config, flow: str, args: argparse.Namespace) -> list
         cmd += ["-r", str(config.recovery.dir / flow),
                 "-s", f"{config.recovery.snapshot_interval:g}",
                 "-b", f"{config.recovery.backup_interval:g}"]
+    else:
+        # Without recovery -s only sets the epoch: checkpoint sinks flush this often.
+        cmd += ["-s", f"{config.epoch_interval:g}"]
     return cmd
 
 

@@ -978,7 +978,8 @@ class OrderTracker:
         }
         key = f"{st.channel}|{st.channel_order_id}"
         res.out.append(Output(
-            self.topic, key, MILESTONE_SCHEMA, value, cause.raw.timestamp, rec.event_time
+            self.topic, key, MILESTONE_SCHEMA, value, cause.raw.timestamp, rec.event_time,
+            rec.source,
         ))
 
     # -- time ----------------------------------------------------------------------------------

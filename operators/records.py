@@ -103,3 +103,5 @@ class Output(NamedTuple):
     #: input record timestamp (ms) of the record that caused it, for latency metrics
     input_ts: int | None = None
     event_time: int | None = None
+    #: the source of the record that caused it (wms, erp, fulfillment, carrier)
+    source: str | None = None

@@ -392,10 +392,18 @@ class Paced:
         return self.sent / self.seconds if self.seconds else 0.0
 
 
-def paced(bootstrap: str, records: list[tuple[str, int, bytes | None, bytes | None]], rate: float) -> Paced:
-    """Produce `records` at `rate` per second (small bursts every 2 ms), timestamps at produce()."""
+def paced(bootstrap: str, records: list[tuple[str, int, bytes | None, bytes | None]], rate: float,
+          warm_topic: str) -> Paced:
+    """Produce `records` at `rate` per second (small bursts every 2 ms), timestamps at produce().
+
+    The producer is warmed up first (connection, metadata, idempotent producer id) with one
+    record to `warm_topic`, a topic nobody measured reads: otherwise the first half second of
+    records waits for that set-up and shows as latency that is neither the broker's nor the job's.
+    """
     p = Producer({"bootstrap.servers": bootstrap, **PRODUCER})
     cb = Failures()
+    p.produce(warm_topic, b"", b"atpflow-bench-warm-up", on_delivery=cb)
+    _flush(p, cb, "warm-up")
     n = len(records)
     start = time.monotonic()
     sent = 0
@@ -714,7 +722,7 @@ def records_in(port: int) -> Counter[str]:
     return Counter({t: int(float(v)) for t, v in _METRIC.findall(text)})
 
 
-def latencies_of(outputs: list[Msg], inputs: list[Msg], config: Any) -> tuple[list[int], int]:
+def latencies_of(outputs: list[Msg], inputs: list[Msg], config: Any) -> tuple[list[tuple[int, int]], int]:
     """Output timestamp minus the causing input's timestamp (ms), per availability record."""
     from schemas import DecodeError, codec
 
@@ -743,13 +751,19 @@ def latencies_of(outputs: list[Msg], inputs: list[Msg], config: Any) -> tuple[li
         if ts is None:
             unmatched += 1
             continue
-        out.append(m.ts - ts)
+        out.append((ts, m.ts - ts))
     return out, unmatched
 
 
-def lat_summary(values: list[int]) -> dict[str, Any]:
+def lat_summary(samples: list[tuple[int, int]]) -> dict[str, Any]:
+    """p50/p99/max, and p50/max per tenth of the run (by input time): warm-up vs steady state."""
+    values = [v for _, v in samples]
+    ordered = [v for _, v in sorted(samples)]
+    tenth = max(1, len(ordered) // 10)
+    deciles = [[pct(ordered[i:i + tenth], 50), max(ordered[i:i + tenth])]
+               for i in range(0, len(ordered) - tenth + 1, tenth)][:10]
     return {"samples": len(values), "p50_ms": pct(values, 50), "p99_ms": pct(values, 99),
-            "max_ms": max(values) if values else None}
+            "max_ms": max(values) if values else None, "p50_max_by_tenth": deciles}
 
 
 def run_latency_job(work: Path, wire: Wire, expected: Expected, name: str, rate: float,
@@ -768,7 +782,8 @@ def run_latency_job(work: Path, wire: Wire, expected: Expected, name: str, rate:
                 time.sleep(0.2)
             movements = [r for r in wire.records() if r[0] != items_topic]
             ready_s = time.time() - job.started
-            pace = paced(env.bootstrap, movements, rate)
+            time.sleep(float(os.environ.get("BENCH_SETTLE", "0")))
+            pace = paced(env.bootstrap, movements, rate, env.config.topics.carrier_events)
             deadline = time.monotonic() + timeout
             while True:
                 seen = records_in(ports[0])
@@ -810,12 +825,12 @@ def run_latency_broker(work: Path, wire: Wire, name: str, rate: float, timeout: 
             child.stop()
             msg = f"{name}: the consumer did not start: {child.tail()}"
             raise RuntimeError(msg)
-        pace = paced(env.bootstrap, movements, rate)
+        pace = paced(env.bootstrap, movements, rate, env.config.topics.carrier_events)
         if not child.wait(timeout) or child.code != 0:
             child.stop()
             msg = f"{name}: the consumer did not finish: {child.tail()}"
             raise RuntimeError(msg)
-        lat = json.loads(result.read_text())
+        lat = [tuple(x) for x in json.loads(result.read_text())]
     return {"rate": rate, "offered": pace.sent, "achieved_rate": round(pace.achieved_rate, 1),
             "producer_behind_max_ms": round(pace.behind_max_s * 1000, 1), **lat_summary(lat)}
 
@@ -867,7 +882,7 @@ def role_tail(args: argparse.Namespace) -> int:
     c.assign(tps)
     waiting = {(tp.topic, tp.partition) for tp in tps}
     deadline = time.monotonic() + args.timeout
-    lat: list[int] = []
+    lat: list[tuple[int, int]] = []
     ready = False
     while len(lat) < args.count and time.monotonic() < deadline:
         m = c.poll(0.1)  # returns as soon as a record is there: no batching delay
@@ -882,7 +897,8 @@ def role_tail(args: argparse.Namespace) -> int:
                     print("ready", flush=True)
                 continue
             raise KafkaException(err)
-        lat.append(now_ms() - m.timestamp()[1])
+        ts = m.timestamp()[1]
+        lat.append((ts, now_ms() - ts))
     c.close()
     Path(args.out).write_text(json.dumps(lat))
     return 0 if len(lat) >= args.count else 1

@@ -501,3 +501,362 @@ def stale_episodes(records: list[OutRecord]) -> StaleReport:
         if start is not None:  # never caught up in what was read: count to the last record
             episodes.append((topic, key, (recs[-1].timestamp - start) / 1000))
     return StaleReport(len(by_key), episodes)
+
+
+# -- a consumer watching the output as it is written ------------------------------------------
+
+
+class Watcher:
+    """Tails the availability topics in a thread: what a consumer sees, when it sees it."""
+
+    def __init__(self, config: Any) -> None:
+        import threading
+
+        self.config = config
+        self.records: list[OutRecord] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Watcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+        from schemas import codec
+        from sinks.kafka import consumer_settings
+
+        topics = [self.config.topics.availability(c.id) for c in self.config.channels.channels]
+        consumer = Consumer(consumer_settings(self.config.kafka, **{"enable.partition.eof": False}))
+        dec = codec("AvailabilityRecord").decode
+        try:
+            md = consumer.list_topics(timeout=10)
+            consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING)
+                             for t in topics for p in md.topics[t].partitions])
+            while not self._stop.is_set():
+                for m in consumer.consume(500, 0.2):
+                    if m.error() is None:
+                        self.records.append(OutRecord(
+                            m.topic(), (m.key() or b"").decode(), m.partition(), m.offset(),
+                            m.timestamp()[1], dec(m.value())))
+        finally:
+            consumer.close()
+
+    def count(self) -> int:
+        return len(self.records)
+
+
+def _paced_publish(config: Any, fixture: Path, seconds: float, done: Any, counter: list[int]) -> None:
+    """Publish the whole fixture spread evenly over `seconds`."""
+    from dataflows.fixtures import read_fixture, topic_schemas
+    from sinks.kafka import CheckedProducer
+
+    with open(fixture, encoding="utf-8") as fh:
+        total = sum(1 for line in fh if line.strip())
+    started = time.monotonic()
+    chunk = max(1, total // max(1, int(seconds * 20)))
+    with CheckedProducer(config.kafka) as producer:
+        for i, raw in enumerate(read_fixture(fixture, topic_schemas(config)), 1):
+            producer.send(raw.topic, raw.key, raw.value, headers=raw.headers)
+            if i % chunk == 0:
+                producer.flush()
+                counter[0] = i
+                ahead = started + seconds * i / total - time.monotonic()
+                if ahead > 0:
+                    time.sleep(ahead)
+        producer.flush()
+        counter[0] = total
+    done.set()
+
+
+def replay_states(config_path: Path, fixture: Path, work: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The final ATP cells and stream positions of a replay (run with a recovery store)."""
+    rec = work / "recovery"
+    rec.mkdir(parents=True, exist_ok=True)
+    code = (
+        "import sys; from pathlib import Path\n"
+        "from bytewax.recovery import RecoveryConfig, init_db_dir\n"
+        "from bytewax.testing import run_main\n"
+        "from dataflows.availability import build_availability_flow\n"
+        "from dataflows.config import load_config\n"
+        "from dataflows.replay import FixtureSource, JsonlSink, output_topics\n"
+        "cfg = load_config(sys.argv[1], environ={})\n"
+        "rec = Path(sys.argv[3]); init_db_dir(rec, 1)\n"
+        "sink = JsonlSink(Path(sys.argv[4]), output_topics(cfg))\n"
+        "flow = build_availability_flow(cfg, FixtureSource([Path(sys.argv[2])], cfg.topics.input_schemas),"
+        " sink, mode='replay')\n"
+        "from datetime import timedelta\n"
+        "run_main(flow, epoch_interval=timedelta(seconds=3600), recovery_config=RecoveryConfig(str(rec)))\n"
+        "sink.close()\n"
+    )
+    subprocess.run([sys.executable, "-c", code, str(config_path), str(fixture), str(rec),
+                    str(work / "out")], check=True, cwd=REPO, capture_output=True, timeout=1800)
+    return project_states(rec), sequence_states(rec)
+
+
+# -- the kill scenario ----------------------------------------------------------------------------
+
+
+@dataclass
+class ScenarioResult:
+    """Everything a kill scenario measured; `problems` lists what broke a promise."""
+
+    params: dict[str, Any]
+    input_records: int = 0
+    kills: list[dict[str, Any]] = field(default_factory=list)
+    graceful: list[dict[str, Any]] = field(default_factory=list)
+    freezes: list[dict[str, Any]] = field(default_factory=list)
+    verdict: str = ""
+    keys: int = 0
+    keys_wrong: int = 0
+    letters_expected: int = 0
+    letters_missing: int = 0
+    letters_duplicated: int = 0
+    letters_extra: dict[str, int] = field(default_factory=dict)
+    cells: int = 0
+    cells_wrong: int = 0
+    streams_wrong: int = 0
+    lag_after: int = -1
+    output_records: int = 0
+    duplicate_records: int = 0
+    stale_keys: int = 0
+    stale_seconds: list[float] = field(default_factory=list)
+    converge_seconds: float = 0.0
+    final_exit: list[int | None] = field(default_factory=list)
+    final_stop_seconds: float = 0.0
+    problems: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+def _first_after(records: list[OutRecord], t_ms: float, new_only: set[tuple[str, str, str]] | None,
+                 ) -> int | None:
+    best = None
+    for r in records:
+        if r.timestamp > t_ms and (new_only is None
+                                   or (r.topic, r.key, r.value["source_id"]) not in new_only):
+            best = r.timestamp if best is None else min(best, r.timestamp)
+    return best
+
+
+def kill_scenario(  # noqa: PLR0913, PLR0915
+    work: Path,
+    fixture: Path,
+    *,
+    kills: int = 5,
+    processes: int = 1,
+    workers: int = 1,
+    snapshot_interval: float = 1.0,
+    gap_timeout: float = 6.0,
+    unknown_item_timeout: float = 3.0,
+    publish_seconds: float = 10.0,
+    between_kills: tuple[float, float] = (1.0, 3.0),
+    graceful_after_kill: int | None = 2,
+    freeze_seconds: float = 0.0,
+    converge_timeout: float = 180.0,
+    seed: int = 1,
+    log: Any = print,
+) -> ScenarioResult:
+    """SIGKILL worker processes at random points of a live run, resume each time, then judge.
+
+    A fresh broker; the fixture is published at a steady pace over `publish_seconds`
+    while `atpflow run` (with recovery) is killed `kills` times (the first during the
+    first epoch, before any snapshot), restarted at once each time (the harness plays
+    Kubernetes), optionally stopped gracefully once (SIGTERM, then restarted) and the
+    broker optionally frozen (SIGSTOP/SIGCONT). Then the run must converge on what
+    `atpflow replay` makes of the same fixture.
+    """
+    import random
+    import threading
+
+    from dataflows.broker import LocalBroker
+    from dataflows.commands_kafka import recovery_positions
+    from dataflows.config import load_config
+    from sinks.kafka import create_topics
+
+    rng = random.Random(seed)
+    params = {k: v for k, v in locals().items() if k in (
+        "kills", "processes", "workers", "snapshot_interval", "gap_timeout",
+        "unknown_item_timeout", "publish_seconds", "between_kills", "graceful_after_kill",
+        "freeze_seconds", "seed")}
+    params["fixture"] = fixture.name
+    res = ScenarioResult(params)
+    work.mkdir(parents=True, exist_ok=True)
+    rec_dir = work / "recovery"
+    with LocalBroker() as broker:
+        cfg_path = write_config(work / "atpflow.yaml", broker.bootstrap, recovery_dir=rec_dir,
+                                snapshot_interval=snapshot_interval, gap_timeout=gap_timeout,
+                                unknown_item_timeout=unknown_item_timeout)
+        config = load_config(cfg_path, environ={})
+        create_topics(config)
+        cli("recovery", "init", "--config", str(cfg_path), "--flow", "availability",
+            "--partitions", str(processes))
+        store = rec_dir / "availability"
+        log("replaying the fixture for the expected outputs and state")
+        expected, expected_letters, summary = replay_outputs(cfg_path, fixture, work / "replay")
+        exp_cells, exp_streams = replay_states(cfg_path, fixture, work / "replay-state")
+        res.input_records = sum(summary["records_in"].values())
+        cluster = Cluster(cfg_path, work / "logs", processes=processes, workers=workers)
+        done, published = threading.Event(), [0]
+        publisher = threading.Thread(target=_paced_publish,
+                                     args=(config, fixture, publish_seconds, done, published),
+                                     daemon=True)
+        with Watcher(config) as watch:
+            publisher.start()
+            try:
+                cluster.start()
+                # Kill 1: during the first epoch, as soon as output shows, before any snapshot.
+                cluster.worker_pids()
+                wait_for(lambda: watch.count() > 0 or snapshot_count(store) > 0, 30, 0.02)
+                for n in range(1, kills + 1):
+                    if n > 1:
+                        time.sleep(rng.uniform(*between_kills))
+                    if not cluster.running():
+                        res.problems.append(f"cluster exited by itself before kill {n}: "
+                                            f"{cluster.wait(0)}")
+                        cluster.restart()
+                        time.sleep(rng.uniform(*between_kills))
+                    snaps = snapshot_count(store)
+                    k = cluster.kill_worker(rng.randrange(processes))
+                    k.snapshots_before = snaps
+                    codes = cluster.wait(15)
+                    after = snapshot_count(store)
+                    res.kills.append({"n": n, "at": k.at, "snapshots_before": snaps,
+                                      "first_epoch": snaps == 0 and after == 0,
+                                      "published": published[0], "outputs_seen": watch.count(),
+                                      "exit_codes": codes})
+                    log(f"kill {n}: pid {k.pid} with {snaps} snapshot(s) taken, "
+                        f"{published[0]} records published, exit codes {codes}")
+                    if any(c is None for c in codes):
+                        res.problems.append(f"kill {n}: the other processes did not exit: {codes}")
+                        cluster.stop()
+                    cluster.restart()
+                    if graceful_after_kill == n:
+                        time.sleep(rng.uniform(*between_kills))
+                        before = watch.count()
+                        t_stop = time.time()
+                        codes, secs = cluster.terminate(15)
+                        seen = {(r.topic, r.key, r.value["source_id"]) for r in watch.records}
+                        log(f"graceful stop: exit codes {codes} after {secs:.2f} s")
+                        g = {"at": t_stop, "exit_codes": codes, "seconds": round(secs, 2),
+                             "outputs_before": before}
+                        if codes != [0] * processes or secs > 10:
+                            res.problems.append(f"SIGTERM: exit codes {codes} after {secs:.1f} s")
+                        t_restart = time.time()
+                        cluster.restart()
+                        time.sleep(rng.uniform(*between_kills))
+                        # Records of movements already emitted before the stop, written after
+                        # the restart, would mean the stop lost its final snapshot.
+                        again = [r for r in list(watch.records) if r.timestamp >= t_restart * 1000
+                                 and (r.topic, r.key, r.value["source_id"]) in seen]
+                        g["re_emitted_after_restart"] = len(again)
+                        res.graceful.append(g)
+                        if again:
+                            res.problems.append(f"restart after SIGTERM re-emitted {len(again)} "
+                                                "records: the stop did not snapshot")
+                if freeze_seconds:
+                    time.sleep(rng.uniform(*between_kills))
+                    t = time.time()
+                    broker.freeze()
+                    time.sleep(freeze_seconds)
+                    broker.thaw()
+                    alive = cluster.running()
+                    res.freezes.append({"at": t, "seconds": freeze_seconds, "survived": alive,
+                                        "exit_codes": None if alive else cluster.wait(0)})
+                    log(f"broker frozen {freeze_seconds:g} s: dataflow "
+                        f"{'kept running' if alive else 'exited, restarting'}")
+                    if not alive:
+                        cluster.restart()
+                done.wait(max(60.0, publish_seconds * 3))
+                log(f"published {published[0]} records; waiting for the outputs to converge")
+                started = time.monotonic()
+
+                def converged() -> Verdict | None:
+                    if not cluster.running():
+                        res.problems.append(f"cluster exited by itself: {cluster.wait(0)}")
+                        cluster.restart()
+                    v = compare(last_available(read_availability(config)),
+                                read_dead_letters(config), expected, expected_letters)
+                    return v if v.ok else None
+
+                wait_for(converged, converge_timeout, 2.0)
+                res.converge_seconds = round(time.monotonic() - started, 1)
+                # Let stragglers (gap skips of lost records) settle, then stop for good.
+                time.sleep(1.0)
+                res.final_exit, res.final_stop_seconds = cluster.terminate(15)
+                if res.final_exit != [0] * processes or res.final_stop_seconds > 10:
+                    res.problems.append(f"final SIGTERM: exit codes {res.final_exit} after "
+                                        f"{res.final_stop_seconds:.1f} s")
+            finally:
+                cluster.stop()
+                (work / "run.log").write_text(cluster.log_text())
+        outputs = read_availability(config)
+        letters = read_dead_letters(config)
+        v = compare(last_available(outputs), letters, expected, expected_letters)
+        res.verdict = v.describe()
+        res.keys, res.keys_wrong = v.keys, len(v.wrong)
+        res.letters_expected = v.letters_expected
+        res.letters_missing = sum(v.letters_missing.values())
+        res.letters_duplicated = v.letters_duplicated
+        res.letters_extra = dict(Counter(k[0] for k in v.letters_extra.elements()))
+        cells = project_states(store)
+        res.cells = sum(len(c) for c in exp_cells.values())
+        res.cells_wrong = sum(1 for sku in set(exp_cells) | set(cells)
+                              for wh in set(exp_cells.get(sku, {})) | set(cells.get(sku, {}))
+                              if exp_cells.get(sku, {}).get(wh) != cells.get(sku, {}).get(wh))
+        streams = sequence_states(store)
+        res.streams_wrong = sum(1 for s in set(exp_streams) | set(streams)
+                                if exp_streams.get(s) != streams.get(s))
+        ends = {}
+        from sinks.kafka import iter_records
+        for r in iter_records(config.kafka, [config.topics.wms_transactions,
+                                             config.topics.erp_documents, config.topics.items]):
+            ends[(r.topic, r.partition)] = (r.offset or 0) + 1
+        positions = recovery_positions(store, [t for t, _ in ends])
+        res.lag_after = sum(max(0, end - positions.get(tp, 0)) for tp, end in ends.items())
+        res.output_records = len(outputs)
+        seen_out: set[tuple[Any, ...]] = set()
+        for r in outputs:
+            ident = (r.topic, r.key, r.value["source"], r.value["source_id"], r.value["available"])
+            if ident in seen_out:
+                res.duplicate_records += 1
+            seen_out.add(ident)
+        stale = stale_episodes(outputs)
+        res.stale_keys = stale.stale_keys
+        res.stale_seconds = sorted(stale.seconds())
+        # Recovery time: from the kill to the first record a resumed process wrote, and to
+        # the first record of a movement never emitted before (caught up with new input).
+        # Only until the next fault: a process killed again before it wrote anything did
+        # not recover (a crash loop), which is reported as None.
+        events = sorted([k["at"] for k in res.kills] + [g["at"] for g in res.graceful]
+                        + [f["at"] for f in res.freezes])
+        for k in res.kills:
+            t_ms = k["at"] * 1000
+            nxt = min((e for e in events if e > k["at"]), default=float("inf")) * 1000
+            before = {(r.topic, r.key, r.value["source_id"])
+                      for r in outputs if r.timestamp <= t_ms}
+            first = _first_after(outputs, t_ms, None)
+            new = _first_after(outputs, t_ms, before)
+            k["first_output_s"] = (None if first is None or first > nxt
+                                   else round((first - t_ms) / 1000, 3))
+            k["new_progress_s"] = (None if new is None or new > nxt
+                                   else round((new - t_ms) / 1000, 3))
+        if not v.ok:
+            res.problems.append("outputs differ from the replay: " + v.describe())
+        if res.cells_wrong:
+            res.problems.append(f"{res.cells_wrong} ATP cells differ from the replay's final state")
+        if res.streams_wrong:
+            res.problems.append(f"{res.streams_wrong} streams end at another sequence position")
+        if res.lag_after:
+            res.problems.append(f"{res.lag_after} input records not consumed")
+        if not any(k["first_epoch"] for k in res.kills):
+            res.problems.append("no kill landed in the first epoch before any snapshot")
+    return res

@@ -1,0 +1,11 @@
+"""Every test under tests/faults/ is part of the fault-injection suite (`-m faults`)."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "/tests/faults/" in str(item.path).replace("\\", "/"):
+            item.add_marker(pytest.mark.faults)
