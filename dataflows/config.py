@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from operators.reference import Channels, Locations, load_channels, load_locations
 
@@ -58,6 +58,17 @@ def _duration(value: Any) -> Any:
 
 
 Seconds = Annotated[float, BeforeValidator(_duration), Field(ge=0)]
+
+
+def _whole(value: float) -> float:
+    if value != int(value) or value < 1:
+        msg = "must be a whole number of seconds, at least 1s (Bytewax's unit for epochs)"
+        raise ValueError(msg)
+    return value
+
+
+#: Durations passed to `python -m bytewax.run`, which takes whole seconds.
+WholeSeconds = Annotated[float, BeforeValidator(_duration), AfterValidator(_whole)]
 
 _STRICT = ConfigDict(extra="forbid")
 
@@ -151,7 +162,7 @@ class Recovery(BaseModel):
     model_config = _STRICT
 
     dir: Path | None = None
-    snapshot_interval: Seconds = 10.0
+    snapshot_interval: WholeSeconds = 10.0
     backup_interval: Seconds = 0.0
 
 
@@ -179,7 +190,7 @@ class Config(BaseModel):
     recovery: Recovery = Field(default_factory=Recovery)
     #: Epoch length without recovery (with recovery, the snapshot interval): sinks that
     #: push at checkpoints (marketplaces, the Redis view) flush this often.
-    epoch_interval: Seconds = Field(default=1.0, gt=0)
+    epoch_interval: WholeSeconds = 1.0
     redis: RedisConfig = Field(default_factory=RedisConfig)
     metrics_port: int = Field(default=3030, ge=0, le=65535)
     #: Marketplace adapters per channel id (see sinks.marketplace); optional.
