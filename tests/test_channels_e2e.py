@@ -167,6 +167,24 @@ def test_marketplaces_redis_and_fulfillments_end_on_the_last_records(
                 assert sorted(p["trackingNumber"] for p in packages.values()) == \
                     sorted(m["tracking_number"] for m in ms)
 
+        # Every scan for a tracking number never shipped is in the dead-letter topic.
+        from sinks.kafka import iter_records
+        from schemas import codec
+
+        def unknown_tracking(letters: list[dict[str, Any]]) -> list[tuple[str, str]]:
+            return sorted((dl["key"], dl["source_id"]) for dl in letters if dl["reason"] == "UNKNOWN_TRACKING")
+
+        want_letters = unknown_tracking([o["value"] for o in expected["atpflow.dead-letter"]])
+        assert want_letters
+        deadline = time.monotonic() + 20
+        while True:
+            got = [codec("DeadLetter").decode(r.value)
+                   for r in iter_records(config.kafka, [config.topics.dead_letter])]
+            if unknown_tracking(got) == want_letters or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert unknown_tracking(got) == want_letters
+
         # The Redis view holds the newest record of every key.
         client = redis.Redis.from_url(REDIS_URL)
         for channel, last in (("shopify-us", shopify_last), ("amazon-us", amazon_last)):
