@@ -49,6 +49,8 @@ class Decoded:
     invalid: str | None = None
     #: the sequencing key, set once the record is ordered (normalise re-keys by item code)
     stream: str = ""
+    #: id hash + payload digest, set by the sequencer (computed once per record)
+    identity: bytes = b""
 
 
 def digest(value: bytes) -> bytes:

@@ -181,7 +181,7 @@ class Sequencer:
             if not self._reject(d, now, out, conflict=False):
                 out.ordered.append(d)
             return
-        entry = id_hash(rid) + d.digest[:DIGEST_BYTES]
+        entry = d.identity = id_hash(rid) + d.digest[:DIGEST_BYTES]
         held = self._held(seq)  # the identity that holds `seq`, if remembered
         if held == entry or (st.memory.extra and entry in st.memory.extra):
             out.duplicates += 1
@@ -207,7 +207,7 @@ class Sequencer:
             held = st.buffer.get(seq)
             if held is None or isinstance(held, bytes):
                 return held
-            return id_hash(held.rec.record_id) + held.digest[:DIGEST_BYTES]
+            return self._identity(held)
         if seq >= st.next_seq - MEMORY_WINDOW and seq >= 1:
             slot = st.memory.slot(seq)
             return None if slot == EMPTY_SLOT else slot
@@ -218,7 +218,7 @@ class Sequencer:
         if st.memory.has_id(idh):
             return True
         return any(
-            (v[:ID_BYTES] if isinstance(v, bytes) else id_hash(v.rec.record_id)) == idh
+            (v if isinstance(v, bytes) else self._identity(v))[:ID_BYTES] == idh
             for v in st.buffer.values()
         ) if st.buffer else False
 
@@ -259,7 +259,7 @@ class Sequencer:
 
     @staticmethod
     def _identity(d: Decoded) -> bytes:
-        return id_hash(d.rec.record_id) + d.digest[:DIGEST_BYTES]
+        return d.identity or id_hash(d.rec.record_id) + d.digest[:DIGEST_BYTES]
 
     def _drain(self, out: Outcome) -> bool:
         st = self.state
