@@ -220,6 +220,20 @@ class ConfigError(Exception):
         super().__init__(f"invalid config {source}:\n{lines}")
 
 
+def _env_value(text: str) -> Any:
+    """Parse an environment value as YAML; anything that is not YAML stays a string.
+
+    Never raise here: a YAML error message quotes the value, and the value may be a secret
+    set in the wrong variable.
+    """
+    if not text:
+        return text
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
 def _apply_env(raw: dict[str, Any], environ: dict[str, str]) -> None:
     for name, text in sorted(environ.items()):
         if not name.upper().startswith(ENV_PREFIX):
@@ -231,7 +245,7 @@ def _apply_env(raw: dict[str, Any], environ: dict[str, str]) -> None:
             if not isinstance(node, dict):
                 break
         else:
-            node[path[-1]] = yaml.safe_load(text) if text else text
+            node[path[-1]] = _env_value(text)
 
 
 _SECRETISH = re.compile(r"pass|secret|token|key|credential", re.IGNORECASE)

@@ -16,6 +16,7 @@ __all__ = [
     "RawRecord",
     "Reason",
     "dead_letter",
+    "short",
 ]
 
 #: Header set by `atpflow dead-letters replay` on a record sent back to its topic.
@@ -86,10 +87,22 @@ class DeadLetter:
         }
 
 
+#: Longest detail kept: a detail quotes fields, and a hostile field can be megabytes.
+MAX_DETAIL = 500
+
+
+def short(text: str, limit: int = MAX_DETAIL) -> str:
+    """`text`, cut to `limit` characters with a note of how much was cut."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit:,} more characters)"
+
+
 def dead_letter(raw: RawRecord, reason: str, detail: str, source_id: str | None = None) -> DeadLetter:
-    """A dead letter for `raw`, keeping its coordinates and bytes."""
+    """A dead letter for `raw`, keeping its coordinates and bytes (the detail cut short)."""
     return DeadLetter(
-        reason, detail, raw.topic, raw.partition, raw.offset, raw.key, raw.value, source_id
+        reason, short(detail), raw.topic, raw.partition, raw.offset, raw.key, raw.value,
+        None if source_id is None else short(source_id, 200),
     )
 
 

@@ -72,8 +72,8 @@ def free_port() -> int:
 def cli(*args: str, check: bool = True, timeout: float = 300, env: dict[str, str] | None = None,
         ) -> subprocess.CompletedProcess[str]:
     """Run `atpflow ARGS` in a subprocess (cwd = the repository)."""
-    return subprocess.run([*ATPFLOW, *args], capture_output=True, text=True, check=check,
-                          timeout=timeout, cwd=REPO, env=env)
+    return subprocess.run([*ATPFLOW, *args], capture_output=True,  # noqa: S603
+                          text=True, check=check, timeout=timeout, cwd=REPO, env=env)
 
 
 def wait_for(check: Any, timeout: float, every: float = 0.5) -> Any:
@@ -171,7 +171,7 @@ class Cluster:
         self.starts += 1
         for i in range(self.processes):
             log = open(self.log_dir / f"run-{self.starts:02d}-p{i}.log", "wb")  # noqa: SIM115
-            self.procs.append(subprocess.Popen(
+            self.procs.append(subprocess.Popen(  # noqa: S603
                 self._cmd(i, addresses), stdout=log, stderr=subprocess.STDOUT, env=env,
                 cwd=REPO, start_new_session=True,
             ))
@@ -369,14 +369,16 @@ class Verdict:
         lines = [f"{self.keys} keys, {len(self.wrong)} wrong; {self.letters_expected} dead letters "
                  f"expected, {sum(self.letters_missing.values())} missing, "
                  f"{self.letters_duplicated} duplicated, {sum(self.letters_extra.values())} extra"]
-        lines += [f"  wrong {k}: live {v[0]} replay {v[1]}" for k, v in list(self.wrong.items())[:10]]
+        lines += [f"  wrong {k}: live {v[0]} replay {v[1]}"
+                  for k, v in list(self.wrong.items())[:10]]
         lines += [f"  missing {k}" for k in list(self.letters_missing)[:10]]
         lines += [f"  extra {k}" for k in list(self.letters_extra)[:10]]
         return "\n".join(lines)
 
 
 def compare(live: dict[tuple[str, str], int], live_letters: list[dict[str, Any]],
-            expected: dict[tuple[str, str], int], expected_letters: list[dict[str, Any]]) -> Verdict:
+            expected: dict[tuple[str, str], int],
+            expected_letters: list[dict[str, Any]]) -> Verdict:
     wrong = {k: (live.get(k), v) for k, v in expected.items() if live.get(k) != v}
     wrong.update({k: (v, -1) for k, v in live.items() if k not in expected})
     have = Counter(letter_identity(d) for d in live_letters)
@@ -423,7 +425,7 @@ def _newest_snaps(recovery_dir: Path, step_suffix: str) -> Iterator[Any]:
 
 
 def project_states(recovery_dir: Path) -> dict[str, dict[str, tuple[Any, ...]]]:
-    """sku -> warehouse -> (on_hand, on_hold, reserved, incoming, erp_book) from the newest snapshot."""
+    """sku -> warehouse -> (on_hand, on_hold, reserved, incoming, erp_book), newest snapshot."""
     out: dict[str, dict[str, tuple[Any, ...]]] = {}
     for shard in _newest_snaps(recovery_dir, ".project"):
         for sku, st in shard.items():
@@ -551,7 +553,8 @@ class Watcher:
         return len(self.records)
 
 
-def _paced_publish(config: Any, fixture: Path, seconds: float, done: Any, counter: list[int]) -> None:
+def _paced_publish(config: Any, fixture: Path, seconds: float, done: Any,
+                   counter: list[int]) -> None:
     """Publish the whole fixture spread evenly over `seconds`."""
     from dataflows.fixtures import read_fixture, topic_schemas
     from sinks.kafka import CheckedProducer
@@ -574,7 +577,8 @@ def _paced_publish(config: Any, fixture: Path, seconds: float, done: Any, counte
     done.set()
 
 
-def replay_states(config_path: Path, fixture: Path, work: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+def replay_states(config_path: Path, fixture: Path,
+                  work: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """The final ATP cells and stream positions of a replay (run with a recovery store)."""
     rec = work / "recovery"
     rec.mkdir(parents=True, exist_ok=True)
@@ -588,14 +592,15 @@ def replay_states(config_path: Path, fixture: Path, work: Path) -> tuple[dict[st
         "cfg = load_config(sys.argv[1], environ={})\n"
         "rec = Path(sys.argv[3]); init_db_dir(rec, 1)\n"
         "sink = JsonlSink(Path(sys.argv[4]), output_topics(cfg))\n"
-        "flow = build_availability_flow(cfg, FixtureSource([Path(sys.argv[2])], cfg.topics.input_schemas),"
-        " sink, mode='replay')\n"
+        "src = FixtureSource([Path(sys.argv[2])], cfg.topics.input_schemas)\n"
+        "flow = build_availability_flow(cfg, src, sink, mode='replay')\n"
         "from datetime import timedelta\n"
-        "run_main(flow, epoch_interval=timedelta(seconds=3600), recovery_config=RecoveryConfig(str(rec)))\n"
+        "run_main(flow, epoch_interval=timedelta(seconds=3600),\n"
+        "         recovery_config=RecoveryConfig(str(rec)))\n"
         "sink.close()\n"
     )
-    subprocess.run([sys.executable, "-c", code, str(config_path), str(fixture), str(rec),
-                    str(work / "out")], check=True, cwd=REPO, capture_output=True, timeout=1800)
+    argv = [sys.executable, "-c", code, str(config_path), str(fixture), str(rec), str(work / "out")]
+    subprocess.run(argv, check=True, cwd=REPO, capture_output=True, timeout=1800)  # noqa: S603
     return project_states(rec), sequence_states(rec)
 
 
@@ -682,7 +687,7 @@ def kill_scenario(  # noqa: PLR0913, PLR0915
     from dataflows.config import load_config
     from sinks.kafka import create_topics
 
-    rng = random.Random(seed)
+    rng = random.Random(seed)  # noqa: S311 - reproducible fault points
     params = {k: v for k, v in locals().items() if k in (
         "kills", "processes", "workers", "snapshot_interval", "gap_timeout",
         "unknown_item_timeout", "publish_seconds", "between_kills", "graceful_after_kill",
