@@ -15,6 +15,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
+import orjson
+
 from dataflows.config import Config
 from operators.records import RawRecord
 from schemas import DecodeError, codec, from_json, to_json
@@ -113,8 +115,8 @@ def read_fixture(
                     continue
                 where = f"{path}:{lineno}"
                 try:
-                    line = json.loads(text)
-                except json.JSONDecodeError as exc:
+                    line = orjson.loads(text)
+                except orjson.JSONDecodeError as exc:
                     msg = f"{where}: not JSON: {exc}"
                     raise FixtureError(msg) from exc
                 if not isinstance(line, dict) or not isinstance(line.get("topic"), str):

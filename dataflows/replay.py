@@ -9,7 +9,6 @@ order of computation and a replay is byte-for-byte repeatable.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections import Counter
@@ -18,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import orjson
 from bytewax.inputs import DynamicSource, StatelessSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.testing import run_main
@@ -68,7 +68,7 @@ class FixtureSource(DynamicSource[RawRecord]):
 
 
 class _JsonlPartition(StatelessSinkPartition[Any]):
-    def __init__(self, files: dict[str, IO[str]], counts: Counter[str]) -> None:
+    def __init__(self, files: dict[str, IO[bytes]], counts: Counter[str]) -> None:
         self.files = files
         self.counts = counts
 
@@ -79,9 +79,8 @@ class _JsonlPartition(StatelessSinkPartition[Any]):
             if fh is None:
                 msg = f"output topic {item.topic!r} is not one of {sorted(self.files)}"
                 raise ValueError(msg)
-            line = {"key": item.key, "value": to_json(item.schema, item.value)}
-            fh.write(json.dumps(line, ensure_ascii=False))
-            fh.write("\n")
+            fh.write(orjson.dumps({"key": item.key, "value": to_json(item.schema, item.value)}))
+            fh.write(b"\n")
             counts[item.topic] += 1
         self.counts.update(counts)
         for topic, n in counts.items():
@@ -97,7 +96,7 @@ class JsonlSink(DynamicSink[Any]):
 
     def __init__(self, out_dir: Path, topics: Iterable[str]) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        self.files = {t: open(out_dir / f"{t}.jsonl", "w", encoding="utf-8") for t in topics}  # noqa: SIM115
+        self.files = {t: open(out_dir / f"{t}.jsonl", "wb") for t in topics}  # noqa: SIM115
         self.counts: Counter[str] = Counter()
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _JsonlPartition:

@@ -19,6 +19,7 @@ import json
 from decimal import Decimal
 from functools import cache
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import fastavro
@@ -101,65 +102,77 @@ def codec(name: str) -> Codec:
     return Codec(name)
 
 
-def _convert(schema: Any, value: Any, named: dict[str, Any], to_avro: bool) -> Any:
-    """Walk a value along its schema, converting between JSON and Avro forms."""
+Convert = Callable[[Any], Any]
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+def _compile(schema: Any, named: dict[str, Any], to_avro: bool) -> Convert:
+    """A converter for one schema node, built once: fixtures and replay outputs run it per record.
+
+    Nodes that need no conversion compile to the identity, so a record converts only the
+    fields that differ between JSON and Avro (bytes as base64, decimals as strings).
+    """
     if isinstance(schema, str):
         if schema in named:
-            return _convert(named[schema], value, named, to_avro)
-        if schema == "bytes" and value is not None:
-            return base64.b64decode(value) if to_avro else base64.b64encode(value).decode()
-        return value
+            return lambda v: _compile(named[schema], named, to_avro)(v)  # recursive type
+        if schema == "bytes":
+            if to_avro:
+                return lambda v: None if v is None else base64.b64decode(v)
+            return lambda v: None if v is None else base64.b64encode(v).decode()
+        return _identity
     if isinstance(schema, list):
-        if value is None:
-            return None
-        for branch in schema:
-            if branch != "null":
-                return _convert(branch, value, named, to_avro)
-        return value
+        branches = [b for b in schema if b != "null"]
+        inner = _compile(branches[0], named, to_avro) if branches else _identity
+        if inner is _identity:
+            return _identity
+        return lambda v: None if v is None else inner(v)
     kind = schema["type"]
     if kind == "record":
         named[schema["name"]] = schema
-        return {
-            f["name"]: _convert(f["type"], value.get(f["name"], f.get("default")), named, to_avro)
-            for f in schema["fields"]
-        }
+        fields = [(f["name"], f.get("default"), _compile(f["type"], named, to_avro))
+                  for f in schema["fields"]]
+        if to_avro:  # fixture values may leave out fields that have defaults
+            return lambda v: {n: conv(v.get(n, d)) for n, d, conv in fields}
+        special = [(n, conv) for n, _, conv in fields if conv is not _identity]
+        if not special:
+            return _identity
+
+        def record(v: dict[str, Any]) -> dict[str, Any]:
+            out = dict(v)
+            for n, conv in special:
+                out[n] = conv(out.get(n))
+            return out
+
+        return record
     if kind in ("enum", "fixed"):
         named[schema["name"]] = schema
-        return value
+        return _identity
     if kind == "array":
-        return [_convert(schema["items"], v, named, to_avro) for v in value]
+        item = _compile(schema["items"], named, to_avro)
+        return _identity if item is _identity and not to_avro else (lambda v: [item(x) for x in v])
     if kind == "map":
-        return {k: _convert(schema["values"], v, named, to_avro) for k, v in value.items()}
+        val = _compile(schema["values"], named, to_avro)
+        return _identity if val is _identity else (lambda v: {k: val(x) for k, x in v.items()})
     if schema.get("logicalType") == "decimal":
         if to_avro:
-            return Decimal(str(value))
-        return format(value, "f") if isinstance(value, Decimal) else str(value)
-    return _convert(kind, value, named, to_avro)
+            return lambda v: None if v is None else Decimal(str(v))
+        return lambda v: None if v is None else (format(v, "f") if isinstance(v, Decimal) else str(v))
+    return _compile(kind, named, to_avro)
+
+
+@cache
+def _converter(name: str, to_avro: bool) -> Convert:
+    return _compile(codec(name).raw_schema, {}, to_avro)
 
 
 def from_json(name: str, value: dict[str, Any]) -> dict[str, Any]:
     """A fixture's plain-JSON value to the record `Codec.encode` takes."""
-    return _convert(codec(name).raw_schema, value, {}, to_avro=True)
-
-
-def _json_native(node: Any) -> bool:
-    """True if no value of the schema needs converting for JSON (no bytes, no decimals)."""
-    if isinstance(node, dict):
-        if node.get("type") in ("bytes", "fixed"):
-            return False
-        return all(_json_native(v) for v in node.values())
-    if isinstance(node, list):
-        return all(_json_native(v) for v in node)
-    return node not in ("bytes", "fixed")
-
-
-@cache
-def _is_json_native(name: str) -> bool:
-    return _json_native(codec(name).raw_schema)
+    return _converter(name, True)(value)
 
 
 def to_json(name: str, record: dict[str, Any]) -> dict[str, Any]:
     """A decoded record to the fixture's plain-JSON form."""
-    if _is_json_native(name):
-        return record  # the hot path for availability records: nothing to convert
-    return _convert(codec(name).raw_schema, record, {}, to_avro=False)
+    return _converter(name, False)(record)

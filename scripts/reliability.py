@@ -237,7 +237,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=Path("/tmp/atpflow-reliability"))  # noqa: S108
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "RELIABILITY.md")
     parser.add_argument("--memory-probe", nargs=2, type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--render", type=Path, metavar="JSON",
+                        help="only write the report from a reliability.json of an earlier run")
     args = parser.parse_args(argv)
+    if args.render:
+        data = json.loads(args.render.read_text())
+        args.out.write_text(render(data["faults"], data["memory"], data.get("command", "")))
+        print(f"wrote {args.out}")
+        return 0
 
     if args.memory_probe:
         print(json.dumps(memory_probe(*args.memory_probe)))
@@ -285,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(report)
     (args.work / "reliability.json").write_text(json.dumps(
-        {"faults": faults, "memory": memory}, indent=1, default=str))
+        {"faults": faults, "memory": memory, "command": cmd}, indent=1, default=str))
     print(report)
     print(f"wrote {args.out} and {args.work / 'reliability.json'}")
     return 0 if not (faults and faults["problems"]) else 1

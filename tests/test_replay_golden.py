@@ -1,6 +1,6 @@
 """`atpflow replay` on the bundled fixtures equals the hand-checked golden files, byte for byte.
 
-Regenerate after a reviewed behaviour change with ATPFLOW_UPDATE_GOLDEN=1 (then read the diff).
+Regenerate after a reviewed behaviour change with ATPFLOW_UPDATE_GOLDENS=1 (then read the diff).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def test_replay_matches_golden_twice(case: str, tmp_path: Path, capsys: pytest.C
     summary = capsys.readouterr().out
     assert "MISMATCH" not in summary
     golden = GOLDEN / case
-    if os.environ.get("ATPFLOW_UPDATE_GOLDEN"):
+    if os.environ.get("ATPFLOW_UPDATE_GOLDENS"):
         shutil.rmtree(golden, ignore_errors=True)
         shutil.copytree(first, golden)
     produced = sorted(p.name for p in first.iterdir())

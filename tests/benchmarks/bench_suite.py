@@ -501,7 +501,7 @@ def paced(
     return Paced(sent, seconds, behind)
 
 
-@dataclass
+@dataclass(slots=True)
 class Msg:
     topic: str
     partition: int
