@@ -64,35 +64,6 @@ class _AvailabilityPartition(StatefulSinkPartition[Mapping[str, Any], list[Mappi
             sink.close()
 
 
-class MarketplaceOutput(FixedPartitionedSink[Mapping[str, Any], list[Mapping[str, Any]]]):
-    """Pushes ``availability.<channel>`` records of every configured channel to its marketplace."""
-
-    def __init__(
-        self,
-        config: MarketplaceConfig,
-        *,
-        partitions: int = 1,
-        dead_letter: DeadLetterCallback | None = None,
-    ) -> None:
-        self._config = config
-        self._partitions = partitions
-        self._dead_letter = dead_letter
-
-    def list_parts(self) -> list[str]:
-        return [f"marketplace-{n}" for n in range(self._partitions)]
-
-    def build_part(
-        self, step_id: str, for_part: str, resume_state: list[Mapping[str, Any]] | None
-    ) -> _AvailabilityPartition:
-        sinks = {
-            channel: MarketplaceSink.from_config(
-                self._config, channel, dead_letter=self._dead_letter
-            )
-            for channel in self._config.channels
-        }
-        return _AvailabilityPartition(sinks, resume_state or ())
-
-
 class _FulfillmentPartition(StatefulSinkPartition[Mapping[str, Any], list[dict[str, Any]]]):
     def __init__(
         self, sinks: dict[str, FulfillmentSink], resume: Iterable[Mapping[str, Any]]
@@ -133,8 +104,12 @@ class _FulfillmentPartition(StatefulSinkPartition[Mapping[str, Any], list[dict[s
             sink.close()
 
 
-class FulfillmentOutput(FixedPartitionedSink[Mapping[str, Any], list[dict[str, Any]]]):
-    """Pushes each shipment's SHIPPED milestone (``shipment.milestones``) as a fulfillment."""
+class _ChannelOutput(FixedPartitionedSink[Mapping[str, Any], list[Any]]):
+    """One sink per configured channel in each partition; items routed by record key."""
+
+    _name: str
+    _sink_type: Any
+    _partition_type: Any
 
     def __init__(
         self,
@@ -148,18 +123,30 @@ class FulfillmentOutput(FixedPartitionedSink[Mapping[str, Any], list[dict[str, A
         self._dead_letter = dead_letter
 
     def list_parts(self) -> list[str]:
-        return [f"fulfillment-{n}" for n in range(self._partitions)]
+        return [f"{self._name}-{n}" for n in range(self._partitions)]
 
-    def build_part(
-        self, step_id: str, for_part: str, resume_state: list[dict[str, Any]] | None
-    ) -> _FulfillmentPartition:
+    def build_part(self, step_id: str, for_part: str, resume_state: list[Any] | None) -> Any:
         sinks = {
-            channel: FulfillmentSink.from_config(
-                self._config, channel, dead_letter=self._dead_letter
-            )
+            channel: self._sink_type.from_config(self._config, channel, dead_letter=self._dead_letter)
             for channel in self._config.channels
         }
-        return _FulfillmentPartition(sinks, resume_state or ())
+        return self._partition_type(sinks, resume_state or ())
+
+
+class MarketplaceOutput(_ChannelOutput):
+    """Pushes ``availability.<channel>`` records of every configured channel to its marketplace."""
+
+    _name = "marketplace"
+    _sink_type = MarketplaceSink
+    _partition_type = _AvailabilityPartition
+
+
+class FulfillmentOutput(_ChannelOutput):
+    """Pushes each shipment's SHIPPED milestone (``shipment.milestones``) as a fulfillment."""
+
+    _name = "fulfillment"
+    _sink_type = FulfillmentSink
+    _partition_type = _FulfillmentPartition
 
 
 class _ViewPartition(StatefulSinkPartition[Mapping[str, Any], list[Mapping[str, Any]]]):
