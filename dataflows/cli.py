@@ -139,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", default=None,
                         help="config file (default: the bundled sample config/atpflow.yaml)")
-    common.add_argument("--bootstrap", metavar="HOST:PORT", help="Kafka bootstrap servers (overrides the config)")
+    common.add_argument("--bootstrap", metavar="HOST:PORT",
+                        help="Kafka bootstrap servers (overrides the config)")
 
     parser = argparse.ArgumentParser(prog="atpflow", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -167,7 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="local broker + sample data + the dataflows, shown live (about 30 s)")
     p.set_defaults(func=_cmd_demo)
 
-    p = sub.add_parser("run", parents=[common], help="run the dataflows live on Kafka (production entry point)")
+    p = sub.add_parser("run", parents=[common],
+                       help="run the dataflows live on Kafka (production entry point)")
     p.add_argument("--flow", choices=[*FLOWS, "all"], default="all")
     p.add_argument("-w", "--workers", type=int, default=1, help="worker threads per process")
     p.add_argument("-i", "--process-id", type=int, help="this process's index in a multi-process cluster")

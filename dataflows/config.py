@@ -38,7 +38,8 @@ ENV_PREFIX = "ATPFLOW__"
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
-_ISO = re.compile(r"\s*P(?:(\d+(?:\.\d+)?)D)?(?:T(?:(\d+(?:\.\d+)?)H)?(?:(\d+(?:\.\d+)?)M)?(?:(\d+(?:\.\d+)?)S)?)?\s*")
+_NUM = r"(\d+(?:\.\d+)?)"
+_ISO = re.compile(rf"\s*P(?:{_NUM}D)?(?:T(?:{_NUM}H)?(?:{_NUM}M)?(?:{_NUM}S)?)?\s*")
 
 
 def _duration(value: Any) -> Any:

@@ -152,7 +152,8 @@ class ReplaySummary:
     def render(self) -> str:
         rate = self.total_in / self.seconds if self.seconds else 0.0
         lines = [
-            f"records in     {self.total_in:>10,}  ({', '.join(f'{t}: {n:,}' for t, n in sorted(self.records_in.items()))})",
+            f"records in     {self.total_in:>10,}  ("
+            + ", ".join(f"{t}: {n:,}" for t, n in sorted(self.records_in.items())) + ")",
             f"applied        {self.applied:>10,}",
             f"duplicates     {self.duplicates:>10,}",
             f"dead letters   {sum(self.dead_letters.values()):>10,}  "

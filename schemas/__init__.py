@@ -16,10 +16,10 @@ import base64
 import copy
 import io
 import json
+from collections.abc import Callable
 from decimal import Decimal
 from functools import cache
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 import fastavro

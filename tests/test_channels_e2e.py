@@ -168,8 +168,8 @@ def test_marketplaces_redis_and_fulfillments_end_on_the_last_records(
                     sorted(m["tracking_number"] for m in ms)
 
         # Every scan for a tracking number never shipped is in the dead-letter topic.
-        from sinks.kafka import iter_records
         from schemas import codec
+        from sinks.kafka import iter_records
 
         def unknown_tracking(letters: list[dict[str, Any]]) -> list[tuple[str, str]]:
             return sorted((dl["key"], dl["source_id"]) for dl in letters if dl["reason"] == "UNKNOWN_TRACKING")

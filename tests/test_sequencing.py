@@ -8,10 +8,10 @@ from helpers import NOW, WMS_TOPIC, erp_decoded, new_sequencer, wms_decoded
 from operators.decode import Decoded
 from operators.records import DeadLetter, Reason
 from operators.sequencing import (
+    ID_BYTES,
     MAX_SKIPPED_RANGES,
     MEMORY_WINDOW,
     MIN_EVENT_TIME_MS,
-    ID_BYTES,
     SLOT_BYTES,
     IdMemory,
     Outcome,

@@ -107,6 +107,8 @@ def test_two_workers_give_the_same_final_outputs_as_one(fixture: str) -> None:
     one = run_flow(records, CONFIG, workers=1)
     two = run_flow(records, CONFIG, workers=2)
     assert last_per_key(two) == last_per_key(one)
-    letters = lambda outs: sorted((o.value["reason"], o.key, o.value["source_id"] or "") for o in outs
-                                  if o.topic == "atpflow.dead-letter")  # noqa: E731
+    def letters(outs: list) -> list:
+        return sorted((o.value["reason"], o.key, o.value["source_id"] or "") for o in outs
+                      if o.topic == "atpflow.dead-letter")
+
     assert letters(two) == letters(one)
