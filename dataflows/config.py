@@ -249,7 +249,7 @@ def _apply_env(raw: dict[str, Any], environ: dict[str, str]) -> None:
             node[path[-1]] = _env_value(text)
 
 
-_SECRETISH = re.compile(r"pass|secret|token|key|credential", re.IGNORECASE)
+_SECRETISH = re.compile(r"pass|secret|token|key|credential|marketplaces", re.IGNORECASE)
 
 
 def _format_errors(exc: ValidationError, *, echo: bool = True) -> list[str]:
@@ -258,7 +258,8 @@ def _format_errors(exc: ValidationError, *, echo: bool = True) -> list[str]:
         where = ".".join(str(p) for p in err["loc"])
         got = err.get("input")
         # A value pasted where a secret reference belongs must not be echoed into logs.
-        quiet = not echo or isinstance(got, dict | list) or _SECRETISH.search(where)
+        quiet = (not echo or isinstance(got, dict | list) or _SECRETISH.search(where)
+                 or len(repr(got)) > 60)
         shown = "" if quiet else f" (got {got!r})"
         out.append(f"{where}: {err['msg']}{shown}")
     return out

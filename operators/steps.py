@@ -158,11 +158,20 @@ class _Shard(StatefulBatchLogic[Any, Any, dict[str, Any]]):
         self.clock = clock
         self.deadlines: dict[str, float] = {}
         if mode == "live":
+            if self.states:
+                self.on_resume(clock())
             for key in self.states:
                 self._track(key)
 
     def deadline(self, key: str) -> float | None:
         return None
+
+    def on_resume(self, now: float) -> None:
+        """Restored from a snapshot: restart open waits, which ran on the dead process's clock.
+
+        The records after the snapshot are read again after a restart; a wait that expired
+        while the process was down would otherwise skip them or dead-letter too early.
+        """
 
     def _track(self, key: str) -> None:
         if self.mode != "live":
@@ -186,11 +195,19 @@ class _Shard(StatefulBatchLogic[Any, Any, dict[str, Any]]):
 
 
 class _SequenceShard(_Shard):
-    def __init__(self, states: dict[str, SequencerState] | None, make: Callable[[SequencerState], Sequencer],
+    def __init__(self, states: dict[str, SequencerState] | None,
+                 make: Callable[[SequencerState], Sequencer], gap_timeout: float,
                  mode: Mode, clock: Clock) -> None:
         self.make = make
+        self.gap_timeout = gap_timeout
         self.seqs: dict[str, Sequencer] = {}
         super().__init__(states, mode, clock)
+
+    @override
+    def on_resume(self, now: float) -> None:
+        for st in self.states.values():
+            if st.gap_deadline is not None:
+                st.gap_deadline = max(st.gap_deadline, now + self.gap_timeout)
 
     def _seq(self, key: str) -> Sequencer:
         seq = self.seqs.get(key)
@@ -288,7 +305,7 @@ def sequence_step(
                          max_clock_skew=max_clock_skew, stream_key=stream_key)
 
     def build(resume: dict[str, SequencerState] | None) -> _SequenceShard:
-        return _SequenceShard(resume, make, mode, clock)
+        return _SequenceShard(resume, make, gap_timeout, mode, clock)
 
     return split_dead("split", _values("values", op.stateful_batch("sequence", keyed, build)))
 
@@ -341,6 +358,12 @@ class _NormaliseShard(_Shard):
     @override
     def deadline(self, key: str) -> float | None:
         return self._norm(key).next_deadline()
+
+    @override
+    def on_resume(self, now: float) -> None:
+        for st in self.states.values():
+            for stream, since in st.parked_since.items():
+                st.parked_since[stream] = max(since, now)
 
     @override
     def on_batch(self, values: list[tuple[str, Any]]) -> tuple[Iterable[Any], bool]:

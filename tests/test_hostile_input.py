@@ -45,10 +45,8 @@ TOPIC = {WMS: "wms.inventory.transactions", ERP: "erp.inventory.documents"}
 #: Items known to the chain: ITM-1 / material 0001 -> SKU-1 (EA 1, CS 12, PL 480).
 ITEM = item_master()
 LONG = 2**63 - 1
-#: Change request CR-1 (operators/records.py: cap dead-letter details, keep them under the
-#: topic's message size). Until it is applied, a 1 MB code ends in a 1 MB detail, and live the
-#: dead letter is too large to produce: the dataflow crashes and, with recovery, crash-loops.
-HUGE_DETAIL = pytest.mark.xfail(strict=True, reason="CR-1: dead-letter detail quotes a 1 MB field")
+#: Found here: a 1 MB code ended in a 1 MB detail, and live the dead letter was too large to
+#: produce, so the dataflow crashed and, with recovery, crash-looped (details are now capped).
 #: Reasons a single record can end with (SEQUENCE_GAP is about the stream, not the record).
 RECORD_REASONS = {
     Reason.UNDECODABLE, Reason.INVALID_RECORD, Reason.CONFLICTING_DUPLICATE,
@@ -143,9 +141,8 @@ ABSURD = [
     pytest.param(WMS, wms_txn_value(event_time=int(NOW * 1000) + 2 * 3_600_000),
                  Reason.INVALID_EVENT_TIME, id="time-2h-ahead"),
     pytest.param(WMS, wms_txn_value(facility="X" * 1_000_000), Reason.UNKNOWN_LOCATION,
-                 id="1MB-facility", marks=HUGE_DETAIL),
-    pytest.param(WMS, wms_txn_value(uom="U" * 1_000_000), Reason.UNKNOWN_UOM, id="1MB-uom",
-                 marks=HUGE_DETAIL),
+                 id="1MB-facility"),
+    pytest.param(WMS, wms_txn_value(uom="U" * 1_000_000), Reason.UNKNOWN_UOM, id="1MB-uom"),
     pytest.param(WMS, wms_txn_value(txn_id="T" * 1_000_000), "APPLIED", id="1MB-id-applies"),
     pytest.param(WMS, wms_txn_value(order_ref="R" * 1_000_000), "APPLIED", id="1MB-order-ref"),
     pytest.param(WMS, wms_txn_value(seq=LONG), "APPLIED", id="seq-max-skips-gap-then-applies"),
@@ -159,7 +156,7 @@ ABSURD = [
     pytest.param(ERP, erp_doc_value(plant=""), Reason.INVALID_RECORD, id="erp-empty-plant"),
     pytest.param(ERP, erp_doc_value(posted_at=LONG), Reason.INVALID_EVENT_TIME, id="erp-time-max"),
     pytest.param(ERP, erp_doc_value(material="9" * 1_000_000), Reason.UNKNOWN_ITEM,
-                 id="erp-1MB-material", marks=HUGE_DETAIL),
+                 id="erp-1MB-material"),
 ]
 
 
@@ -286,7 +283,6 @@ def test_fuzz_damaged_records_are_undecodable(value: dict[str, Any], cut: int, t
 
 
 @pytest.mark.kafka
-@HUGE_DETAIL
 def test_live_run_survives_a_900kb_code_and_dead_letters_it(tmp_path: Any) -> None:
     """A 900 KB facility code is publishable (under 1 MB); its dead letter must be too."""
     import json

@@ -112,3 +112,21 @@ def test_two_workers_give_the_same_final_outputs_as_one(fixture: str) -> None:
                       if o.topic == "atpflow.dead-letter")
 
     assert letters(two) == letters(one)
+
+
+def test_resumed_live_shards_restart_waits_that_ran_on_the_dead_process_clock() -> None:
+    from operators.normalise import CodeState
+    from operators.sequencing import Sequencer, SequencerState
+    from operators.steps import _NormaliseShard, _SequenceShard
+
+    now = 2_000_000_000.0
+    gap = SequencerState(stream="wms|DC-ATL|ITM-1", next_seq=1, gap_deadline=now - 100)
+    make = lambda st: Sequencer(st, gap_timeout=30, max_buffered=10, max_clock_skew=60,  # noqa: E731
+                                stream_key=stream_key)
+    shard = _SequenceShard({"wms|DC-ATL|ITM-1": gap}, make, 30, "live", lambda: now)
+    assert gap.gap_deadline == now + 30
+    assert shard.notify_at() is not None and shard.notify_at().timestamp() == now + 30
+
+    parked = CodeState(parked={"s": []}, parked_since={"s": now - 1000})
+    _NormaliseShard({"wms|ITM-1": parked}, CONFIG.locations, 300, "live", lambda: now)
+    assert parked.parked_since == {"s": now}

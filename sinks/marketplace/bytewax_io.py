@@ -29,8 +29,10 @@ __all__ = ["FulfillmentOutput", "MarketplaceOutput", "RedisViewOutput"]
 
 _log = logging.getLogger("atpflow.marketplace")
 
-#: On a clean end of input, how long `close` keeps pushing what is left.
-_CLOSE_DRAIN_S = 30.0
+#: On a clean end of input (SIGTERM), how long `close` keeps pushing what is left. Kept
+#: under `atpflow run`'s stop grace; what is left stays in the last snapshot (with recovery)
+#: or is superseded by the next record of its key and repaired by the read-back.
+_CLOSE_DRAIN_S = 4.0
 
 
 class _AvailabilityPartition(StatefulSinkPartition[Mapping[str, Any], list[Mapping[str, Any]]]):
