@@ -77,8 +77,14 @@ def _env(config: Config, args: argparse.Namespace, index: int) -> dict[str, str]
         env.pop("BYTEWAX_DATAFLOW_API_PORT", None)
         return env
     env[_API_ENABLED] = "true"
-    # One metrics endpoint per flow process: the second flow listens on the next port.
-    env["BYTEWAX_DATAFLOW_API_PORT"] = str(config.metrics_port + index)
+    # One metrics endpoint per flow process: the second flow listens on the next port. Several
+    # processes of one cluster on one host (all addresses loopback) each take their own pair.
+    port = config.metrics_port + index
+    if args.addresses and args.process_id and all(
+        a.rsplit(":", 1)[0] in ("127.0.0.1", "localhost", "::1") for a in args.addresses.split(";")
+    ):
+        port += 2 * args.process_id
+    env["BYTEWAX_DATAFLOW_API_PORT"] = str(port)
     return env
 
 
