@@ -205,9 +205,14 @@ class _SequenceShard(_Shard):
 
     @override
     def on_resume(self, now: float) -> None:
+        gaps = 0
         for st in self.states.values():
             if st.gap_deadline is not None:
                 st.gap_deadline = max(st.gap_deadline, now + self.gap_timeout)
+                gaps += 1
+        # The gauges count what this process holds: restored buffers included.
+        metrics.REORDER_BUFFERED.inc(sum(len(st.buffer) for st in self.states.values()))
+        metrics.OPEN_GAPS.inc(gaps)
 
     def _seq(self, key: str) -> Sequencer:
         seq = self.seqs.get(key)
@@ -361,9 +366,12 @@ class _NormaliseShard(_Shard):
 
     @override
     def on_resume(self, now: float) -> None:
+        parked = 0
         for st in self.states.values():
+            parked += sum(len(records) for records in st.parked.values())
             for stream, since in st.parked_since.items():
                 st.parked_since[stream] = max(since, now)
+        metrics.PARKED_RECORDS.inc(parked)
 
     @override
     def on_batch(self, values: list[tuple[str, Any]]) -> tuple[Iterable[Any], bool]:
