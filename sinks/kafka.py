@@ -771,10 +771,22 @@ class KafkaOutputSink(FixedPartitionedSink[Output, None]):
         self._add_config = dict(add_config or {})
         self._metadata_timeout = metadata_timeout
         self._flush_timeout = flush_timeout
+        self._spare: list[CheckedProducer] = []
+
+    def _new_producer(self) -> CheckedProducer:
+        return CheckedProducer(self._settings, add_config=self._add_config,
+                               metadata_timeout=self._metadata_timeout,
+                               flush_timeout=self._flush_timeout)
 
     def list_parts(self) -> list[str]:
         # Zero-padded so that the sorted order is the numeric order.
-        return [f"kafka-out-{i:04d}" for i in range(self._parts)]
+        parts = [f"kafka-out-{i:04d}" for i in range(self._parts)]
+        # Called at start-up, while parts are built on their first item: a producer made
+        # only then waits ~0.5 s for its idempotent producer id on its first flush, a stall
+        # right after the first outputs. Made now, they have their ids by then.
+        if not self._spare:
+            self._spare = [self._new_producer() for _ in parts]
+        return parts
 
     def part_fn(self, item_key: str) -> int:
         # Stable across processes and runs (unlike hash()); non-negative.
@@ -783,14 +795,7 @@ class KafkaOutputSink(FixedPartitionedSink[Output, None]):
     def build_part(
         self, step_id: str, for_part: str, resume_state: None
     ) -> _OutputPartition:
-        return _OutputPartition(
-            CheckedProducer(
-                self._settings,
-                add_config=self._add_config,
-                metadata_timeout=self._metadata_timeout,
-                flush_timeout=self._flush_timeout,
-            )
-        )
+        return _OutputPartition(self._spare.pop() if self._spare else self._new_producer())
 
 
 def _route(out: Output) -> tuple[str, Output]:
