@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal
 
 import bytewax.operators as op
@@ -25,7 +24,7 @@ from bytewax.operators import KeyedStream, StatefulBatchLogic
 from typing_extensions import override
 
 from operators import metrics
-from operators.decode import Decoded, decode
+from operators.decode import Decoded
 from operators.milestones import (
     DISPATCH_KEY,
     Dispatcher,
@@ -36,17 +35,16 @@ from operators.milestones import (
     Result,
     log_milestone,
 )
-from operators.records import DeadLetter, Output, RawRecord
+from operators.records import Output, RawRecord
 from operators.reference import Channels, Locations
+from operators.steps import SplitOut, decode_step, split_dead, wake_at
 
 __all__ = [
     "Clock",
     "Mode",
-    "StepOut",
     "decode_inputs",
     "dispatch_step",
     "orders_step",
-    "split_letters",
 ]
 
 #: Returns processing time in epoch seconds; injected so tests can fake time.
@@ -57,56 +55,13 @@ Mode = Literal["live", "replay"]
 _RETAIN = StatefulBatchLogic.RETAIN
 
 
-def _wake(deadline: float | None) -> datetime | None:
-    return None if deadline is None else datetime.fromtimestamp(deadline, tz=UTC)
 
 
-@dataclass(frozen=True)
-class StepOut:
-    """A step's results, and the dead letters it produced."""
-
-    oks: Stream[Any]
-    errs: Stream[DeadLetter]
-
-
-@operator
-def split_letters(step_id: str, up: Stream[Any]) -> StepOut:
-    """Separate dead letters from everything else.
-
-    Args:
-        step_id: Unique ID.
-        up: Any items, some of them `DeadLetter`s.
-
-    Returns:
-        The other items as `oks`, the dead letters as `errs`.
-    """
-    b = op.branch("is_ok", up, lambda x: not isinstance(x, DeadLetter))
-    return StepOut(b.trues, b.falses)
-
-
-@operator
 def decode_inputs(
     step_id: str, up: Stream[RawRecord], schemas: dict[str, str], counted: frozenset[str]
-) -> StepOut:
-    """Avro-decode every record with its topic's schema.
-
-    Args:
-        step_id: Unique ID.
-        up: Raw records of the topics in `schemas`.
-        schemas: Topic -> schema name.
-        counted: Topics to count in `atpflow_records_in_total` (a topic that another
-            dataflow reads too is counted there).
-
-    Returns:
-        `Decoded` records as `oks`, `UNDECODABLE` dead letters as `errs`.
-    """
-
-    def one(raw: RawRecord) -> Decoded | DeadLetter:
-        if raw.topic in counted:
-            metrics.RECORDS_IN.labels(raw.topic).inc()
-        return decode(raw, schemas[raw.topic])
-
-    return split_letters("split", op.map("decode", up, one))
+) -> SplitOut:
+    """Avro-decode every record with its topic's schema (see `operators.steps.decode_step`)."""
+    return decode_step(step_id, up, schemas, counted)
 
 
 def _count(res: Result) -> None:
@@ -157,7 +112,7 @@ class _DispatchLogic(StatefulBatchLogic[Decoded, Any, DispatchState]):
 
     @override
     def notify_at(self) -> datetime | None:
-        return _wake(self.dispatcher.next_deadline()) if self.mode == "live" else None
+        return wake_at(self.dispatcher.next_deadline()) if self.mode == "live" else None
 
     @override
     def snapshot(self) -> DispatchState:
@@ -174,7 +129,7 @@ def dispatch_step(
     wait_retention: float,
     mode: Mode,
     clock: Clock,
-) -> StepOut:
+) -> SplitOut:
     """Item look-ups and scan routing for all orders, on one key (see `operators.milestones`).
 
     Args:
@@ -202,7 +157,7 @@ def dispatch_step(
         return _DispatchLogic(dispatcher, mode, clock)
 
     routed = op.map("values", op.stateful_batch("dispatch", keyed, build), lambda kv: kv[1])
-    return split_letters("split", routed)
+    return split_dead("split", routed)
 
 
 # -- orders ------------------------------------------------------------------------------------
@@ -258,7 +213,7 @@ class _OrderLogic(StatefulBatchLogic[Message, Any, OrderState]):
 
     @override
     def notify_at(self) -> datetime | None:
-        return _wake(self.tracker.next_deadline()) if self.mode == "live" else None
+        return wake_at(self.tracker.next_deadline()) if self.mode == "live" else None
 
     @override
     def snapshot(self) -> OrderState:
@@ -280,7 +235,7 @@ def orders_step(
     unknown_tracking_timeout: float,
     mode: Mode,
     clock: Clock,
-) -> StepOut:
+) -> SplitOut:
     """Per order_ref: sequencing, look-ups, parking and the milestone state machines.
 
     Args:
@@ -317,4 +272,4 @@ def orders_step(
         return _OrderLogic(tracker, mode, clock)
 
     values = op.map("values", op.stateful_batch("orders", up, build), lambda kv: kv[1])
-    return split_letters("split", values)
+    return split_dead("split", values)

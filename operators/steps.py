@@ -49,6 +49,7 @@ __all__ = [
     "route_items_step",
     "sequence_step",
     "split_dead",
+    "wake_at",
 ]
 
 #: Returns processing time in epoch seconds; injected so tests can fake time.
@@ -57,7 +58,8 @@ Mode = Literal["live", "replay"]
 RETAIN = StatefulBatchLogic.RETAIN
 
 
-def _wake(deadline: float | None) -> datetime | None:
+def wake_at(deadline: float | None) -> datetime | None:
+    """An epoch-seconds deadline as the datetime `notify_at` returns (None: no timer)."""
     return None if deadline is None else datetime.fromtimestamp(deadline, tz=UTC)
 
 
@@ -118,13 +120,20 @@ def _values(step_id: str, up: Stream[tuple[str, Any]]) -> Stream[Any]:
 
 
 @operator
-def decode_step(step_id: str, up: Stream[RawRecord], schemas: dict[str, str]) -> SplitOut:
-    """Avro-decode every record with its topic's schema; count what came in."""
+def decode_step(
+    step_id: str, up: Stream[RawRecord], schemas: dict[str, str], counted: frozenset[str] | None = None
+) -> SplitOut:
+    """Avro-decode every record with its topic's schema; count what came in.
+
+    `counted` limits `atpflow_records_in_total` to some topics (a topic two dataflows read is
+    counted by one of them); by default every topic counts.
+    """
 
     def batch(raws: list[RawRecord]) -> list[Decoded | DeadLetter]:
         counts = Counter(raw.topic for raw in raws)
         for topic, n in counts.items():
-            metrics.RECORDS_IN.labels(topic).inc(n)
+            if counted is None or topic in counted:
+                metrics.RECORDS_IN.labels(topic).inc(n)
         return [decode(raw, schemas[raw.topic]) for raw in raws]
 
     return split_dead("split", op.flat_map_batch("decode", up, batch))
@@ -184,7 +193,7 @@ class _Shard(StatefulBatchLogic[Any, Any, dict[str, Any]]):
 
     @override
     def notify_at(self) -> datetime | None:
-        return _wake(min(self.deadlines.values())) if self.deadlines else None
+        return wake_at(min(self.deadlines.values())) if self.deadlines else None
 
     @override
     def snapshot(self) -> dict[str, Any]:
