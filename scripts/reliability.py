@@ -278,14 +278,15 @@ def main(argv: list[str] | None = None) -> int:
             freeze_seconds=args.freeze, gap_timeout=15.0, unknown_item_timeout=5.0,
             converge_timeout=600.0, seed=42, log=lambda m: print("  " + m, flush=True))
         faults = result.as_dict()
+        # Kept at once: the memory phase that follows is long, and must not cost these figures.
+        (args.work / "faults.json").write_text(json.dumps(faults, indent=1, default=str))
         print("faults: " + ("OK" if not result.problems else "PROBLEMS: "
                             + "; ".join(result.problems)), flush=True)
     memory = None
     if not args.skip_memory:
         print(f"memory: {mem_movements:,} movements over {mem_keys:,} keys", flush=True)
-        proc = subprocess.run([sys.executable, __file__,  # noqa: S603 "--memory-probe", str(mem_movements),
-                               str(mem_keys)], capture_output=True, text=True, check=True,
-                              cwd=REPO)
+        probe = [sys.executable, __file__, "--memory-probe", str(mem_movements), str(mem_keys)]
+        proc = subprocess.run(probe, capture_output=True, text=True, check=True, cwd=REPO)  # noqa: S603
         memory = json.loads(proc.stdout.strip().splitlines()[-1])
         print(f"memory: {memory['bytes_per_key']:,} bytes per key", flush=True)
     report = render(faults, memory, cmd)
