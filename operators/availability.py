@@ -144,7 +144,7 @@ class SkuState:
     #: channel key -> (available, version) last emitted
     emitted: dict[ChannelKey, tuple[int, int]] = field(default_factory=dict)
     #: ids of replayed dead letters already applied (at most once each)
-    replayed_ids: set[str] = field(default_factory=set)
+    replayed_ids: set[str] | None = None
 
 
 class Projector:
@@ -176,7 +176,7 @@ class Projector:
         """Apply one movement; returns the availability records it changed."""
         st = self.state
         st.sku = m.sku
-        if m.raw.replayed and m.source_id in st.replayed_ids:
+        if m.raw.replayed and st.replayed_ids and m.source_id in st.replayed_ids:
             return Applied([], duplicate=True)  # a dead letter replayed again
         cell = st.cells.get(m.warehouse)
         if cell is None:
@@ -185,6 +185,8 @@ class Projector:
         if late is not None:
             return Applied([], dead_letter(m.raw, Reason.LATE_SUPERSEDED, late, m.source_id))
         if m.raw.replayed:
+            if st.replayed_ids is None:
+                st.replayed_ids = set()  # rare: an empty set per sku would cost 216 bytes
             st.replayed_ids.add(m.source_id)
         out = []
         for channel in self.channels.by_warehouse.get(m.warehouse, ()):

@@ -19,6 +19,7 @@ wrapper reads the clock), so the logic is deterministic under test.
 from __future__ import annotations
 
 import bisect
+import sys
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -173,7 +174,8 @@ class Sequencer:
         st = self.state
         rec = d.rec
         if not st.stream:
-            st.stream, st.topic = self.stream_key(rec), d.raw.topic
+            # The shard's key string and one interned topic: a million streams share them.
+            st.stream, st.topic = d.stream or self.stream_key(rec), sys.intern(d.raw.topic)
         rid, seq = rec.record_id, rec.seq
         if d.raw.replayed:
             # Its number was used up when it was dead-lettered: no sequence check; the
