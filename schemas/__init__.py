@@ -75,6 +75,11 @@ class Codec:
         self.name = name
         self.raw_schema = _load_json(name)
         self._parsed = fastavro.parse_schema(_strip_timestamps(copy.deepcopy(self.raw_schema)))
+        self._fast: Callable[[dict[str, Any]], bytes] | None = None
+        if name == "AvailabilityRecord":  # the live hot path: see schemas/fast.py
+            from schemas.fast import encode_availability
+
+            self._fast = encode_availability
 
     def decode(self, data: bytes) -> dict[str, Any]:
         """Decode exactly one record; trailing bytes or a short read are errors."""
@@ -91,6 +96,12 @@ class Codec:
         return record
 
     def encode(self, record: dict[str, Any]) -> bytes:
+        if self._fast is not None:
+            return self._fast(record)
+        return self.encode_generic(record)
+
+    def encode_generic(self, record: dict[str, Any]) -> bytes:
+        """fastavro's writer, for any schema (the reference the fast encoder is tested against)."""
         buf = io.BytesIO()
         fastavro.schemaless_writer(buf, self._parsed, record)
         return buf.getvalue()
