@@ -17,6 +17,8 @@ from typing import Any
 __all__ = ["encode_availability"]
 
 _SMALL = [bytes([n]) for n in range(128)]
+#: Zig-zag values below 2**14 (quantities, mostly) encode in two bytes: table them.
+_TWO = [bytes([(n & 0x7F) | 0x80, n >> 7]) for n in range(1 << 14)]
 _NULL = b"\x00"
 _SECOND = b"\x02"  # union branch 1, zig-zag encoded
 _BOOL = {False: b"\x00", True: b"\x01"}
@@ -29,6 +31,8 @@ def _long(n: int) -> bytes:
     n = (n << 1) ^ (n >> 63)
     if n < 0x80:
         return _SMALL[n]
+    if n < 0x4000:
+        return _TWO[n]
     out = bytearray()
     while n > 0x7F:
         out.append((n & 0x7F) | 0x80)
@@ -65,11 +69,24 @@ def _double(x: float) -> bytes:
     return out
 
 
+#: Encoded warehouse blocks by value: a movement changes one cell, the others repeat.
+_BLOCKS: dict[tuple[Any, ...], bytes] = {}
+_MAX_BLOCKS = 200_000
+
+
 def _warehouse(w: dict[str, Any]) -> bytes:
-    return b"".join((
-        _word(w["warehouse"]), _long(w["on_hand"]), _long(w["on_hold"]), _long(w["reserved"]),
-        _long(w["incoming"]), _long(w["atp"]), _opt_long(w["erp_book"]), _opt_long(w["drift"]),
-    ))
+    key = (w["warehouse"], w["on_hand"], w["on_hold"], w["reserved"], w["incoming"], w["atp"],
+           w["erp_book"], w["drift"])
+    out = _BLOCKS.get(key)
+    if out is None:
+        out = b"".join((
+            _word(key[0]), _long(key[1]), _long(key[2]), _long(key[3]), _long(key[4]),
+            _long(key[5]), _opt_long(key[6]), _opt_long(key[7]),
+        ))
+        if len(_BLOCKS) >= _MAX_BLOCKS:
+            _BLOCKS.clear()  # bounded: a cache, not state
+        _BLOCKS[key] = out
+    return out
 
 
 def encode_availability(r: dict[str, Any]) -> bytes:
