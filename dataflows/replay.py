@@ -13,7 +13,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -138,7 +138,6 @@ class ReplaySummary:
     dead_letters: Counter[str]
     records_out: Counter[str]
     seconds: float
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def total_in(self) -> int:

@@ -19,8 +19,8 @@ wrapper reads the clock), so the logic is deterministic under test.
 from __future__ import annotations
 
 import bisect
-import sys
 import hashlib
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any

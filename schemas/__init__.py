@@ -128,7 +128,14 @@ def _compile(schema: Any, named: dict[str, Any], to_avro: bool) -> Convert:
     """
     if isinstance(schema, str):
         if schema in named:
-            return lambda v: _compile(named[schema], named, to_avro)(v)  # recursive type
+            compiled: list[Convert] = []  # compiled on first use: the type may refer to itself
+
+            def by_name(v: Any) -> Any:
+                if not compiled:
+                    compiled.append(_compile(named[schema], named, to_avro))
+                return compiled[0](v)
+
+            return by_name
         if schema == "bytes":
             if to_avro:
                 return lambda v: None if v is None else base64.b64decode(v)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import httpx
 import redis
 from redis.backoff import ExponentialBackoff
@@ -16,7 +18,7 @@ from .resilience import BreakerRegistry
 from .shopify import ShopifyAdapter
 from .transport import ApiCaller
 
-__all__ = ["build_adapter", "build_caller", "redis_client_for"]
+__all__ = ["build_adapter", "build_caller", "connect_channel", "redis_client_for"]
 
 _FALLBACK_LIMIT = RateLimitSpec(rate=1, burst=1)
 
@@ -97,3 +99,15 @@ def build_adapter(
         channel.lwa.refresh_token.resolve(),
     )
     return AmazonAdapter(channel_id, channel, caller, lwa)
+
+
+def connect_channel(
+    channel_id: str,
+    config: MarketplaceConfig,
+    redis_client: redis.Redis | None = None,
+    http_client: httpx.Client | None = None,
+) -> tuple[ShopifyAdapter | AmazonAdapter, Callable[[], None] | None]:
+    """A channel's adapter, and what closes the HTTP client made for it (None if given one)."""
+    caller = build_caller(channel_id, config, redis_client or redis_client_for(config), http_client)
+    adapter = build_adapter(channel_id, config, caller)
+    return adapter, (caller.client.close if http_client is None else None)

@@ -23,7 +23,7 @@ import redis
 from ._metrics import metric
 from .config import MarketplaceConfig, RetryConfig
 from .errors import TransientApiError
-from .factory import build_adapter, build_caller, redis_client_for
+from .factory import connect_channel
 from .models import FulfillmentRequest, MarketplaceDeadLetter, PushResult, PushStatus
 from .resilience import guarded_call
 from .sink import DeadLetterCallback, FlushReport
@@ -96,15 +96,14 @@ class FulfillmentSink:
         http_client: httpx.Client | None = None,
     ) -> FulfillmentSink:
         channel = config.channel(channel_id)
-        client = redis_client or redis_client_for(config)
-        caller = build_caller(channel_id, config, client, http_client)
+        adapter, closer = connect_channel(channel_id, config, redis_client, http_client)
         return cls(
             channel_id,
-            build_adapter(channel_id, config, caller),
+            adapter,
             retry=channel.retry,
             flush_budget_s=channel.flush_budget_s,
             dead_letter=dead_letter,
-            closer=caller.client.close if http_client is None else None,
+            closer=closer,
         )
 
     def close(self) -> None:

@@ -37,7 +37,7 @@ import redis
 from ._metrics import metric
 from .config import AmazonChannelConfig, MarketplaceConfig, RetryConfig
 from .errors import MarketplaceError, TransientApiError
-from .factory import build_adapter, build_caller, redis_client_for
+from .factory import connect_channel, redis_client_for
 from .models import InventoryUpdate, MarketplaceDeadLetter, PushResult, PushStatus, record_key
 from .resilience import backoff_delay, guarded_call
 
@@ -167,9 +167,7 @@ class MarketplaceSink:
     ) -> MarketplaceSink:
         """The sink of one configured channel, with its adapter, limiter and breakers."""
         channel = config.channel(channel_id)
-        client = redis_client or redis_client_for(config)
-        caller = build_caller(channel_id, config, client, http_client)
-        adapter = build_adapter(channel_id, config, caller)
+        adapter, closer = connect_channel(channel_id, config, redis_client, http_client)
         return cls(
             channel_id,
             adapter,
@@ -179,7 +177,7 @@ class MarketplaceSink:
             readback_interval_s=channel.readback_interval_s,
             readback_sample=channel.readback_sample,
             dead_letter=dead_letter,
-            closer=caller.client.close if http_client is None else None,
+            closer=closer,
         )
 
     def close(self) -> None:
