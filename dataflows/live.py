@@ -18,6 +18,7 @@ from bytewax.dataflow import Dataflow
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from dataflows.config import Config, load_config
+from dataflows.gc_tuning import tune_gc
 
 __all__ = ["availability", "live_config", "milestones"]
 
@@ -120,10 +121,12 @@ def availability() -> Dataflow:
     from sinks.kafka import KafkaOutputSink
 
     config = live_config()
-    return build_availability_flow(
+    flow = build_availability_flow(
         config, _source(config, input_topics(config)), KafkaOutputSink(config.kafka), mode="live",
         record_sinks=_side_sinks(config, fulfillment=False),
     )
+    tune_gc()
+    return flow
 
 
 def milestones() -> Dataflow:
@@ -131,7 +134,9 @@ def milestones() -> Dataflow:
     from sinks.kafka import KafkaOutputSink
 
     config = live_config()
-    return build_milestones_flow(
+    flow = build_milestones_flow(
         config, _source(config, input_topics(config)), KafkaOutputSink(config.kafka), mode="live",
         record_sinks=_side_sinks(config, fulfillment=True),
     )
+    tune_gc()
+    return flow

@@ -24,6 +24,7 @@ from bytewax.testing import run_main
 
 from dataflows.config import Config
 from dataflows.fixtures import read_fixtures
+from dataflows.gc_tuning import tune_gc
 from operators import metrics
 from operators.records import Output, RawRecord
 from schemas import to_json
@@ -190,6 +191,7 @@ def replay(
     before = _totals()
     started = time.monotonic()
     schemas = config.topics.input_schemas
+    tune_gc()
     try:
         for name, build in flows.items():
             report = _progress_printer(name) if progress else None
