@@ -16,7 +16,7 @@ import os
 __all__ = ["tune_gc"]
 
 #: (gen0, gen1, gen2) thresholds; ATPFLOW_GC_THRESHOLDS="700,10,10" restores CPython's.
-DEFAULT_THRESHOLDS = (700, 10, 1000)
+DEFAULT_THRESHOLDS = (700, 10, 100_000)
 
 
 def tune_gc() -> tuple[int, ...]:
@@ -27,7 +27,7 @@ def tune_gc() -> tuple[int, ...]:
         if len(thresholds) != 3 or min(thresholds) < 1:
             raise ValueError
     except ValueError:
-        msg = f"ATPFLOW_GC_THRESHOLDS must be three positive integers like 700,10,1000, not {raw!r}"
+        msg = f"ATPFLOW_GC_THRESHOLDS must be three positive integers like 700,10,100000, not {raw!r}"
         raise SystemExit(msg) from None
     gc.collect()
     gc.freeze()

@@ -170,7 +170,8 @@ class Projector:
         self.state = state
         self.channels = channels
         self.version_clock = version_clock
-        self._force: set[ChannelKey] | None = set(state.emitted) if resumed else None
+        #: channel keys still owed their first result after a resume
+        self.force: set[ChannelKey] | None = set(state.emitted) if resumed else None
 
     def on_movement(self, m: Movement) -> Applied:
         """Apply one movement; returns the availability records it changed."""
@@ -209,11 +210,11 @@ class Projector:
             base += (atp if atp > 0 else 0) + (c.incoming if incoming and c.incoming > 0 else 0)
         after_share, available = channel_available(channel, base)
         last = st.emitted.get(key)
-        forced = self._force is not None and key in self._force
+        forced = self.force is not None and key in self.force
         if last is not None and last[0] == available and not forced:
             return None  # the common case: checked before any record is built
         if forced:
-            self._force.discard(key)  # type: ignore[union-attr]
+            self.force.discard(key)  # type: ignore[union-attr]
         prev_version = last[1] if last else 0
         if self.version_clock is None:
             version = prev_version + 1

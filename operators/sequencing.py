@@ -59,17 +59,25 @@ class IdMemory:
     go to `extra`, pruned as the stream advances.
     """
 
-    ring: bytearray = field(default_factory=lambda: bytearray(SLOT_BYTES * MEMORY_WINDOW))
+    #: grows to `MEMORY_WINDOW` slots as numbers are written: a young stream costs little
+    ring: bytearray = field(default_factory=bytearray)
     #: (id hash + digest) -> the number below which it is forgotten
     extra: dict[bytes, int] | None = None
 
     def slot(self, seq: int) -> bytes:
         at = (seq % MEMORY_WINDOW) * SLOT_BYTES
-        return bytes(self.ring[at:at + SLOT_BYTES])
+        return bytes(self.ring[at:at + SLOT_BYTES]) if at < len(self.ring) else EMPTY_SLOT
 
     def write(self, seq: int, entry: bytes) -> None:
         at = (seq % MEMORY_WINDOW) * SLOT_BYTES
-        self.ring[at:at + SLOT_BYTES] = entry
+        ring = self.ring
+        if at >= len(ring):
+            if entry == EMPTY_SLOT:
+                return
+            ring.extend(bytes(at - len(ring)))
+            ring += entry
+        else:
+            ring[at:at + SLOT_BYTES] = entry
 
     def clear(self, seq: int) -> None:
         self.write(seq, EMPTY_SLOT)
@@ -132,9 +140,10 @@ class SequencerState:
     topic: str = ""
     next_seq: int = 1
     #: seq -> record waiting for its turn, or the 10-byte identity of a dead-lettered
-    #: record that used the number up.
-    buffer: dict[int, Decoded | bytes] = field(default_factory=dict)
-    skipped: SkipSet = field(default_factory=SkipSet)
+    #: record that used the number up. None while empty, like `skipped`: most streams
+    #: never need either, and a million empty containers would cost ~170 MB.
+    buffer: dict[int, Decoded | bytes] | None = None
+    skipped: SkipSet | None = None
     memory: IdMemory = field(default_factory=IdMemory)
     #: Processing time at which the open gap skips.
     gap_deadline: float | None = None
@@ -189,7 +198,8 @@ class Sequencer:
             out.duplicates += 1
             return
         conflict = (held is not None) or self._knows_id(entry[:ID_BYTES])
-        fresh_number = seq >= 1 and held is None and (seq >= st.next_seq or seq in st.skipped)
+        fresh_number = seq >= 1 and held is None and (
+            seq >= st.next_seq or (st.skipped is not None and seq in st.skipped))
         if not conflict and not fresh_number and seq >= 1:
             out.duplicates += 1  # at or below what was applied, older than the memory window
             return
@@ -206,7 +216,7 @@ class Sequencer:
     def _held(self, seq: int) -> bytes | None:
         st = self.state
         if seq >= st.next_seq:
-            held = st.buffer.get(seq)
+            held = st.buffer.get(seq) if st.buffer else None
             if held is None or isinstance(held, bytes):
                 return held
             return self._identity(held)
@@ -244,40 +254,53 @@ class Sequencer:
     def _take(self, seq: int, d: Decoded | bytes, now: float, out: Outcome) -> None:
         st = self.state
         if seq < st.next_seq:
-            st.skipped.remove(seq)
+            st.skipped.remove(seq)  # type: ignore[union-attr]  # fresh and below next_seq: skipped
             if seq >= st.next_seq - MEMORY_WINDOW:
                 st.memory.write(seq, d if isinstance(d, bytes) else self._identity(d))
             if not isinstance(d, bytes):
                 out.ordered.append(d)  # a late correction
             return
+        if seq == st.next_seq and not st.buffer:
+            self._consume(seq, d, out)  # in order, the common case: no buffer needed
+            st.next_seq += 1
+            if st.memory.extra:
+                st.memory.prune_extra(st.next_seq)
+            st.gap_deadline = None
+            return
+        if st.buffer is None:
+            st.buffer = {}
         st.buffer[seq] = d
         advanced = self._drain(out)
         if not st.buffer:
+            st.buffer = None
             st.gap_deadline = None
         elif advanced or st.gap_deadline is None:
             st.gap_deadline = now + self.gap_timeout
-        if len(st.buffer) > self.max_buffered:
+        if st.buffer and len(st.buffer) > self.max_buffered:
             self.skip(out)
 
     @staticmethod
     def _identity(d: Decoded) -> bytes:
         return d.identity or id_hash(d.rec.record_id) + d.digest[:DIGEST_BYTES]
 
+    def _consume(self, seq: int, d: Decoded | bytes, out: Outcome) -> None:
+        if isinstance(d, bytes):
+            self.state.memory.write(seq, d)
+        else:
+            self.state.memory.write(seq, self._identity(d))
+            out.ordered.append(d)
+
     def _drain(self, out: Outcome) -> bool:
         st = self.state
         start = st.next_seq
         buf = st.buffer
-        memory = st.memory
-        while st.next_seq in buf:
-            d = buf.pop(st.next_seq)
-            if isinstance(d, bytes):
-                memory.write(st.next_seq, d)
-            else:
-                memory.write(st.next_seq, self._identity(d))
-                out.ordered.append(d)
+        while buf and st.next_seq in buf:
+            self._consume(st.next_seq, buf.pop(st.next_seq), out)
             st.next_seq += 1
+        if not buf:
+            st.buffer = None
         if st.next_seq != start:
-            memory.prune_extra(st.next_seq)
+            st.memory.prune_extra(st.next_seq)
             return True
         return False
 
@@ -287,6 +310,8 @@ class Sequencer:
         st = self.state
         while st.buffer:
             lo, hi = st.next_seq, min(st.buffer) - 1
+            if st.skipped is None:
+                st.skipped = SkipSet()
             st.skipped.add(lo, hi)
             for seq in range(max(lo, hi - MEMORY_WINDOW + 1), hi + 1):
                 st.memory.clear(seq)  # a slot may still hold the number 64 below
@@ -313,7 +338,7 @@ class Sequencer:
 
     @property
     def buffered(self) -> int:
-        return len(self.state.buffer)
+        return len(self.state.buffer) if self.state.buffer else 0
 
     def snapshot(self) -> Any:
         return self.state

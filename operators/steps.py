@@ -155,6 +155,10 @@ def shard_of(key: str) -> str:
 class _Shard(StatefulBatchLogic[Any, Any, dict[str, Any]]):
     """Per-key states of one shard, with the earliest timer among them.
 
+    Each shard holds one instance of its unit (Sequencer, Normaliser, Projector) and
+    points it at a key's state before each call, rather than one instance per key:
+    with a million keys the instances alone would cost ~300 MB.
+
     Subclasses say when a key next needs waking (`deadline`); `deadlines` only holds
     keys with a pending timer, so the next wake-up stays cheap however many keys the
     shard holds. Bytewax may wake a shard early or late: `on_notify` re-checks each
@@ -207,9 +211,8 @@ class _SequenceShard(_Shard):
     def __init__(self, states: dict[str, SequencerState] | None,
                  make: Callable[[SequencerState], Sequencer], gap_timeout: float,
                  mode: Mode, clock: Clock) -> None:
-        self.make = make
+        self.seq = make(SequencerState())
         self.gap_timeout = gap_timeout
-        self.seqs: dict[str, Sequencer] = {}
         super().__init__(states, mode, clock)
 
     @override
@@ -220,17 +223,15 @@ class _SequenceShard(_Shard):
                 st.gap_deadline = max(st.gap_deadline, now + self.gap_timeout)
                 gaps += 1
         # The gauges count what this process holds: restored buffers included.
-        metrics.REORDER_BUFFERED.inc(sum(len(st.buffer) for st in self.states.values()))
+        metrics.REORDER_BUFFERED.inc(sum(len(st.buffer or ()) for st in self.states.values()))
         metrics.OPEN_GAPS.inc(gaps)
 
     def _seq(self, key: str) -> Sequencer:
-        seq = self.seqs.get(key)
-        if seq is None:
-            state = self.states.get(key)
-            if state is None:
-                state = self.states[key] = SequencerState()
-            seq = self.seqs[key] = self.make(state)
-        return seq
+        state = self.states.get(key)
+        if state is None:
+            state = self.states[key] = SequencerState()
+        self.seq.state = state
+        return self.seq
 
     @override
     def deadline(self, key: str) -> float | None:
@@ -355,19 +356,15 @@ def route_items_step(step_id: str, up: Stream[Decoded]) -> Stream[tuple[str, Ite
 class _NormaliseShard(_Shard):
     def __init__(self, states: dict[str, CodeState] | None, locations: Locations, timeout: float,
                  mode: Mode, clock: Clock) -> None:
-        self.locations = locations
-        self.timeout = timeout
-        self.norms: dict[str, Normaliser] = {}
+        self.norm = Normaliser(CodeState(), locations, timeout)
         super().__init__(states, mode, clock)
 
     def _norm(self, key: str) -> Normaliser:
-        norm = self.norms.get(key)
-        if norm is None:
-            state = self.states.get(key)
-            if state is None:
-                state = self.states[key] = CodeState()
-            norm = self.norms[key] = Normaliser(state, self.locations, self.timeout)
-        return norm
+        state = self.states.get(key)
+        if state is None:
+            state = self.states[key] = CodeState()
+        self.norm.state = state
+        return self.norm
 
     @override
     def deadline(self, key: str) -> float | None:
@@ -460,22 +457,24 @@ class _ProjectShard(_Shard):
         self, states: dict[str, SkuState] | None, channels: Channels, topic_of: Callable[[str], str],
         version_clock: Callable[[], int] | None,
     ) -> None:
-        #: keys restored from a snapshot: their first result is emitted even if unchanged
+        #: skus restored from a snapshot not yet seen: their first results are emitted even if
+        #: unchanged; `forced` holds the channel keys still owed, per sku
         self.resumed = set(states or ())
-        self.channels = channels
+        self.forced: dict[str, set[Any]] = {}
         self.topic_of = topic_of
-        self.version_clock = version_clock
-        self.projectors: dict[str, Projector] = {}
+        self.projector = Projector(SkuState(), channels, version_clock)
         super().__init__(states, "replay", time.time)  # no timers here
 
     def _projector(self, sku: str) -> Projector:
-        p = self.projectors.get(sku)
-        if p is None:
-            state = self.states.get(sku)
-            if state is None:
-                state = self.states[sku] = SkuState()
-            p = self.projectors[sku] = Projector(state, self.channels, self.version_clock,
-                                                 resumed=sku in self.resumed)
+        p = self.projector
+        state = self.states.get(sku)
+        if state is None:
+            state = self.states[sku] = SkuState()
+        if sku in self.resumed:
+            self.resumed.discard(sku)
+            self.forced[sku] = set(state.emitted)
+        p.state = state
+        p.force = self.forced.get(sku)
         return p
 
     @override
@@ -486,6 +485,8 @@ class _ProjectShard(_Shard):
         for m in values:
             projector = self._projector(m.sku)
             result = projector.on_movement(m)
+            if projector.force is not None and not projector.force:
+                del self.forced[m.sku]
             if result.duplicate:
                 duplicates[m.source] += 1
                 continue

@@ -66,7 +66,7 @@ def test_in_order_records_apply_at_once() -> None:
     assert ids(out) == ["T1", "T2", "T3"]
     assert (out.dead, out.duplicates, out.gaps) == ([], 0, 0)
     assert s.state.next_seq == 4
-    assert s.state.buffer == {}
+    assert not s.state.buffer
     assert s.state.gap_deadline is None
     assert (s.state.stream, s.state.topic) == (STREAM, WMS_TOPIC)
 
@@ -89,7 +89,7 @@ def test_early_arrival_waits_then_drains_in_order(
 
     assert got == emitted_after_each
     assert s.state.next_seq == len(arrival) + 1
-    assert s.state.buffer == {}
+    assert not s.state.buffer
     assert s.state.gap_deadline is None
 
 
@@ -339,7 +339,7 @@ def test_dead_lettered_early_record_fills_its_place_in_the_buffer(
     assert reasons(dead) == [(reason, "T3")]
     assert (ids(fill), fill.dead) == (["T2"], [])
     assert s.state.next_seq == 4
-    assert s.state.buffer == {}
+    assert not s.state.buffer
     assert s.state.gap_deadline is None
 
 
@@ -543,7 +543,7 @@ def test_replayed_record_bypasses_the_sequence_check() -> None:
     assert (ids(ahead), ahead.dead) == (["R9"], [])
     assert (ids(same_as_applied), same_as_applied.dead) == (["T1"], [])
     assert s.state.next_seq == 4
-    assert s.state.buffer == {}
+    assert not s.state.buffer
     assert s.state.gap_deadline is None
 
 
@@ -598,7 +598,7 @@ def test_memory_stays_bounded_over_200k_in_order_records() -> None:
     assert biggest == MEMORY_WINDOW * SLOT_BYTES
     newest = range(200_001 - MEMORY_WINDOW, 200_001)
     assert [memory.slot(n)[:ID_BYTES] for n in newest] == [id_hash(f"T{n}") for n in newest]
-    assert s.state.buffer == {}
+    assert not s.state.buffer
 
 
 def test_memory_stays_bounded_by_window_plus_buffer_when_reordered() -> None:
@@ -613,7 +613,7 @@ def test_memory_stays_bounded_by_window_plus_buffer_when_reordered() -> None:
             s.on_record(_cheap_txn(n), NOW, out)
             applied += len(out.ordered)
             worst_excess = max(worst_excess, len(memory.ring) - MEMORY_WINDOW * SLOT_BYTES,
-                               len(memory.extra or ()), len(s.state.buffer) - 4)
+                               len(memory.extra or ()), len(s.state.buffer or ()) - 4)
 
     assert applied == 40_000
     assert worst_excess <= 0
