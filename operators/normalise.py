@@ -177,7 +177,8 @@ class Normaliser:
 
     @property
     def parked_count(self) -> int:
-        return sum(len(v) for v in self.state.parked.values())
+        parked = self.state.parked
+        return sum(len(v) for v in parked.values()) if parked else 0
 
 
 class ItemRouter:
