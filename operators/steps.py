@@ -461,7 +461,7 @@ class _ProjectShard(_Shard):
         #: unchanged; `forced` holds the channel keys still owed, per sku
         self.resumed = set(states or ())
         self.forced: dict[str, set[Any]] = {}
-        self.topic_of = topic_of
+        self.topics = {c.id: topic_of(c.id) for c in channels.channels}
         self.projector = Projector(SkuState(), channels, version_clock)
         super().__init__(states, "replay", time.time)  # no timers here
 
@@ -496,8 +496,8 @@ class _ProjectShard(_Shard):
             applied[m.source] += 1
             for r in result.records:
                 key = r["sku"] if r["location"] is None else f"{r['sku']}|{r['location']}"
-                out.append(Output(self.topic_of(r["channel"]), key, "AvailabilityRecord", r,
-                                  m.raw.timestamp, m.event_time))
+                out.append(Output(self.topics[r["channel"]], key, "AvailabilityRecord", r,
+                                  m.raw.timestamp, m.event_time, m.source))
             if m.kind == "STOCK_SNAPSHOT":
                 drift = projector.state.cells[m.warehouse].drift
                 if drift is not None:

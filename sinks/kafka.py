@@ -592,6 +592,18 @@ class CheckedProducer:
                 # The local queue is full: serve delivery reports until there is room.
                 self._producer.poll(0.1)
 
+    def send_plain(self, topic: str, key: str | None, value: bytes | None) -> None:
+        """`send` with no headers, timestamp or callback of its own: the sinks' hot path."""
+        if key is None:
+            kbytes, partition = None, -1  # -1: librdkafka's partitioner picks
+        else:
+            kbytes = key.encode("utf-8")
+            partition = key_partition(kbytes, self.partition_count(topic))
+        try:
+            self._producer.produce(topic, value, kbytes, partition, self._on_delivery)
+        except BufferError:
+            self.send(topic, key, value)  # the queue is full: `send` waits for room
+
     def flush(self) -> None:
         """Wait for every queued record; `DeliveryError` if any was not delivered."""
         if self._flush_timeout is None:
@@ -681,7 +693,7 @@ def _note_newest(newest: dict[str, int]) -> None:
 
 def _source_of(out: Output) -> str | None:
     """The upstream source (wms, erp, ...) whose record caused `out`, when known."""
-    source = getattr(out, "source", None)  # if Output ever carries it
+    source = out.source
     if source is None and out.value is not None:
         source = out.value.get("source")  # AvailabilityRecord: wms or erp
     return source if isinstance(source, str) else None
@@ -724,9 +736,15 @@ class _OutputPartition(StatefulSinkPartition[Output, None]):
         self._producer = producer
 
     def write_batch(self, values: list[Output]) -> None:
-        send = self._producer.send
+        send = self._producer.send_plain
+        encoders: dict[str, Callable[[dict[str, Any]], bytes]] = {}
         for out in values:
-            value = codec(out.schema).encode(out.value) if out.value is not None else None
+            value = out.value
+            if value is not None:
+                encode = encoders.get(out.schema)
+                if encode is None:
+                    encode = encoders[out.schema] = codec(out.schema).encode
+                value = encode(value)
             send(out.topic, out.key, value)
         # The batch counts as written only once the cluster has it: a failure
         # raises here, the dataflow stops, and recovery replays the batch.

@@ -439,7 +439,7 @@ def sequence_states(recovery_dir: Path) -> dict[str, tuple[int, int]]:
     out: dict[str, tuple[int, int]] = {}
     for shard in _newest_snaps(recovery_dir, ".sequence"):
         for stream, st in shard.items():
-            out[stream] = (st.next_seq, len(st.buffer))
+            out[stream] = (st.next_seq, len(st.buffer or ()))
     return out
 
 
