@@ -458,6 +458,11 @@ class KafkaRawSource(FixedPartitionedSource[RawRecord, int | None]):
         settings = {
             # Tansu answers a fetch only when this expires (or data arrives): keep it short.
             "fetch.wait.max.ms": 100,
+            # One consumer per partition, each prefetching up to 100,000 records / 64 MiB by
+            # default: on a backlog that held ~400 MiB of input in memory. A few seconds of
+            # input per partition is plenty for a job that applies ~10,000 records/s.
+            "queued.min.messages": 10_000,
+            "queued.max.messages.kbytes": 8192,
             **_settings(kafka),
             **(add_config or {}),
             # Never skip data when a resume offset is out of range.

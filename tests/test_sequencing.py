@@ -694,3 +694,18 @@ def test_skip_set_drops_its_oldest_range_when_full() -> None:
     assert sk.ranges[0] == (100, 101)
     assert 0 not in sk
     assert 10 * (MAX_SKIPPED_RANGES + 9) in sk
+
+
+def test_young_stream_keeps_a_small_ring_and_still_knows_its_ids() -> None:
+    s = new_sequencer()
+    out = feed(s, txn(1), txn(2), txn(3))
+    assert ids(out) == ["T1", "T2", "T3"]
+    # Three numbers hold three slots, not the whole window; no buffer or skip set was made.
+    assert len(s.state.memory.ring) == 4 * SLOT_BYTES  # slots 0..3 (slot 0 unused)
+    assert s.state.buffer is None and s.state.skipped is None
+    again = feed(s, txn(2), txn(2, qty=99))
+    assert again.duplicates == 1
+    assert reasons(again) == [(Reason.CONFLICTING_DUPLICATE, "T2")]
+    # The ring never outgrows the window, however long the stream runs.
+    feed(s, *(txn(n) for n in range(4, 200)))
+    assert len(s.state.memory.ring) == MEMORY_WINDOW * SLOT_BYTES
