@@ -235,10 +235,8 @@ class Projector:
             "source_id": m.source_id,
             "warehouses": [{
                 "warehouse": wh, "on_hand": c.on_hand, "on_hold": c.on_hold,
-                "reserved": c.reserved, "incoming": c.incoming,
-                "atp": max(0, c.on_hand - c.on_hold - c.reserved),  # Cell.atp, inlined: hot path
-                "erp_book": c.erp_book,
-                "drift": None if c.erp_book is None else c.erp_book - c.on_hand,
+                "reserved": c.reserved, "incoming": c.incoming, "atp": c.atp,
+                "erp_book": c.erp_book, "drift": c.drift,
             } for wh, c in present],
             "base": base,
             "share_pct": float(channel.share_pct),

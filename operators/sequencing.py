@@ -260,19 +260,18 @@ class Sequencer:
             if not isinstance(d, bytes):
                 out.ordered.append(d)  # a late correction
             return
-        if seq == st.next_seq and not st.buffer:
-            self._consume(seq, d, out)  # in order, the common case: no buffer needed
+        advanced = seq == st.next_seq
+        if advanced:
+            # In order (the common case): applied at once, then whatever it unblocked.
+            self._consume(seq, d, out)
             st.next_seq += 1
-            if st.memory.extra:
-                st.memory.prune_extra(st.next_seq)
-            st.gap_deadline = None
-            return
-        if st.buffer is None:
-            st.buffer = {}
-        st.buffer[seq] = d
-        advanced = self._drain(out)
+            st.memory.prune_extra(st.next_seq)
+        else:
+            if st.buffer is None:
+                st.buffer = {}
+            st.buffer[seq] = d
+        self._drain(out)
         if not st.buffer:
-            st.buffer = None
             st.gap_deadline = None
         elif advanced or st.gap_deadline is None:
             st.gap_deadline = now + self.gap_timeout

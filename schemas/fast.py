@@ -69,8 +69,6 @@ def _double(x: float) -> bytes:
     return out
 
 
-#: The channel rule fields that close every record (a channel's are constant): encoded once.
-_TAILS: dict[tuple[int, int, int, bool], bytes] = {}
 #: Encoded warehouse blocks by value: a movement changes one cell, the others repeat.
 _BLOCKS: dict[tuple[Any, ...], bytes] = {}
 _MAX_BLOCKS = 200_000
@@ -105,11 +103,9 @@ def encode_availability(r: dict[str, Any]) -> bytes:
         parts.append(_long(len(warehouses)))
         parts.extend(_warehouse(w) for w in warehouses)
     parts.append(_NULL)  # end of the array
-    tail = (r["buffer_units"], r["max_qty"], r["min_qty"], bool(r["include_incoming"]))
-    encoded_tail = _TAILS.get(tail)
-    if encoded_tail is None:
-        encoded_tail = _long(tail[0]) + _long(tail[1]) + _long(tail[2]) + _BOOL[tail[3]]
-        if len(_TAILS) < 1024:
-            _TAILS[tail] = encoded_tail
-    parts += (_long(r["base"]), _double(r["share_pct"]), _long(r["after_share"]), encoded_tail)
+    parts += (
+        _long(r["base"]), _double(r["share_pct"]), _long(r["after_share"]),
+        _long(r["buffer_units"]), _long(r["max_qty"]), _long(r["min_qty"]),
+        _BOOL[bool(r["include_incoming"])],
+    )
     return b"".join(parts)

@@ -572,14 +572,13 @@ class CheckedProducer:
         on_delivery: Callable[[KafkaError | None, Message], None] | None = None,
     ) -> None:
         """Queue one record; `partition` defaults to murmur2 of the key."""
-        kbytes = key.encode("utf-8") if key is not None else None
-        if partition is None and kbytes is not None:
-            partition = key_partition(kbytes, self.partition_count(topic))
-        kwargs: dict[str, Any] = {"key": kbytes, "value": value}
+        if partition is None:
+            kbytes, partition = self._route(topic, key)
+        else:
+            kbytes = key.encode("utf-8") if key is not None else None
+        kwargs: dict[str, Any] = {"key": kbytes, "value": value, "partition": partition}
         if headers:
             kwargs["headers"] = list(headers)
-        if partition is not None:
-            kwargs["partition"] = partition
         if timestamp:
             kwargs["timestamp"] = timestamp
         if on_delivery is None:
@@ -597,13 +596,16 @@ class CheckedProducer:
                 # The local queue is full: serve delivery reports until there is room.
                 self._producer.poll(0.1)
 
+    def _route(self, topic: str, key: str | None) -> tuple[bytes | None, int]:
+        """The key's bytes and its murmur2 partition (-1, librdkafka's choice, for no key)."""
+        if key is None:
+            return None, -1
+        kbytes = key.encode("utf-8")
+        return kbytes, key_partition(kbytes, self.partition_count(topic))
+
     def send_plain(self, topic: str, key: str | None, value: bytes | None) -> None:
         """`send` with no headers, timestamp or callback of its own: the sinks' hot path."""
-        if key is None:
-            kbytes, partition = None, -1  # -1: librdkafka's partitioner picks
-        else:
-            kbytes = key.encode("utf-8")
-            partition = key_partition(kbytes, self.partition_count(topic))
+        kbytes, partition = self._route(topic, key)
         try:
             self._producer.produce(topic, value, kbytes, partition, self._on_delivery)
         except BufferError:
@@ -742,14 +744,8 @@ class _OutputPartition(StatefulSinkPartition[Output, None]):
 
     def write_batch(self, values: list[Output]) -> None:
         send = self._producer.send_plain
-        encoders: dict[str, Callable[[dict[str, Any]], bytes]] = {}
         for out in values:
-            value = out.value
-            if value is not None:
-                encode = encoders.get(out.schema)
-                if encode is None:
-                    encode = encoders[out.schema] = codec(out.schema).encode
-                value = encode(value)
+            value = codec(out.schema).encode(out.value) if out.value is not None else None
             send(out.topic, out.key, value)
         # The batch counts as written only once the cluster has it: a failure
         # raises here, the dataflow stops, and recovery replays the batch.
