@@ -183,8 +183,12 @@ class Cluster:
     def running(self) -> bool:
         return any(p.poll() is None for p in self.procs)
 
-    def worker_pids(self, timeout: float = 20.0) -> list[int]:
-        """Pids of the `bytewax.run` processes (children of each `atpflow run`)."""
+    def worker_pids(self, timeout: float = 20.0, expected: int | None = None) -> list[int]:
+        """Pids of the `bytewax.run` processes (children of each `atpflow run`).
+
+        `expected` defaults to one per `atpflow run`; `--flow all` starts two, not at once.
+        """
+        want = len(self.procs) if expected is None else expected
         deadline = time.monotonic() + timeout
         while True:
             pids = []
@@ -194,7 +198,7 @@ class Cluster:
                 except psutil.NoSuchProcess:
                     kids = []
                 pids += [k.pid for k in kids if "bytewax.run" in " ".join(k.cmdline())]
-            if len(pids) >= len(self.procs) or time.monotonic() > deadline:
+            if len(pids) >= want or time.monotonic() > deadline:
                 return pids
             time.sleep(0.05)
 

@@ -81,7 +81,7 @@ def test_a_dead_flow_stops_the_run_so_that_it_restarts(tmp_path: Path) -> None:
         cluster = Cluster(cfg, tmp_path / "logs", flow="all")
         cluster.start()
         try:
-            pids = cluster.worker_pids()
+            pids = cluster.worker_pids(expected=2)
             assert len(pids) == 2, cluster.log_tail()
             time.sleep(1.0)
             availability = next(p for p in pids if "availability" in " ".join(
