@@ -176,7 +176,10 @@ def test_gap_that_never_fills_is_dead_lettered_within_gap_timeout(live: Config, 
     assert dl["gap"] == {"stream": "wms|DC-DAL|ITM-GAP", "missing_from": 2, "missing_to": 2}
     assert raw.timestamp is not None
     waited = raw.timestamp / 1000 - published
-    assert waited <= GAP_TIMEOUT + 1.0, f"SEQUENCE_GAP {waited:.2f} s after the record that opened the gap"
+    # The clock starts when the job sees G3, after the broker got it; the slack covers that
+    # delivery and the timer's wake-up on 2 cores shared with the rest of the suite
+    # (once 1.0 s was not enough there). A wait that never fired fails above.
+    assert waited <= GAP_TIMEOUT + 2.0, f"SEQUENCE_GAP {waited:.2f} s after the record that opened the gap"
 
 
 def test_replayed_unknown_item_applies_once(live: Config, live_config_path: Path, tmp_path: Path) -> None:
