@@ -178,6 +178,10 @@ os._exit(code if code >= 0 else 128 - code)
 """
 
 
+#: Every process started, so that an interrupted run stops what is still running.
+_CHILDREN: list[Child] = []
+
+
 @dataclass
 class Child:
     """A process we started (in its own session, through LAUNCHER), with its peak RSS."""
@@ -213,7 +217,9 @@ class Child:
             start_new_session=True,
         )
         fh.close()
-        return cls(proc, log_path, rss_path, t0)
+        child = cls(proc, log_path, rss_path, t0)
+        _CHILDREN.append(child)
+        return child
 
     def poll(self) -> bool:
         """True once the process has ended (and its peak RSS is known)."""
@@ -1426,6 +1432,8 @@ def main(argv: list[str] | None = None) -> int:
         return role_ceiling(args)
     if args.role == "tail":
         return role_tail(args)
+    # SIGTERM unwinds like Ctrl-C, so the `with` blocks stop the broker and the job by pid.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     only = [x.strip() for x in args.only.split(",") if x.strip()]
     unknown = [x for x in only if x not in ALL]
     if unknown:
@@ -1532,6 +1540,8 @@ def main(argv: list[str] | None = None) -> int:
                 errors.append(f"memory: {type(exc).__name__}: {exc}")
                 memory = {"error": f"{type(exc).__name__}: {exc}"}
     finally:
+        for child in _CHILDREN:
+            child.stop()
         report: dict[str, Any] = {
             "started": started,
             "finished": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
