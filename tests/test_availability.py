@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 from helpers import EVENT_T0, movement, sample_channels
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from operators.availability import (
     Cell,
@@ -537,3 +539,48 @@ def test_non_replayed_movement_with_a_replayed_id_still_applies() -> None:
 
     assert out.duplicate is False
     assert p.state.cells["ATL1"].on_hand == 10
+
+
+# -- the projector's inlined formulas -----------------------------------------------------------
+
+
+_WHS = ("ATL1", "DAL1", "RNO1")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rules=st.fixed_dictionaries({
+        "share_pct": st.sampled_from([0, 1, 33.3, 50, 80, 99.9, 100]),
+        "buffer_units": st.integers(0, 20),
+        "max_qty": st.integers(0, 200),
+        "min_qty": st.integers(0, 30),
+        "include_incoming": st.booleans(),
+        "per_location": st.booleans(),
+    }),
+    moves=st.lists(st.tuples(
+        st.sampled_from(["RECEIPT", "SHIP", "ADJUST", "CYCLE_COUNT", "HOLD", "RELEASE_HOLD",
+                         "SO_ALLOCATION", "SO_DEALLOCATION", "PO_CONFIRMED", "PO_RECEIVED",
+                         "STOCK_SNAPSHOT"]),
+        st.integers(-50, 150), st.sampled_from(_WHS)), min_size=1, max_size=12),
+)
+def test_projector_records_follow_channel_available_and_the_cells(
+    rules: dict[str, Any], moves: list[tuple[str, int, str]]
+) -> None:
+    """The projector inlines `channel_available` and `Cell.atp`/`drift` (its hot path): every
+    record it emits must carry exactly what those plain formulas give for the cells it holds."""
+    channel = Channel(id="c", kind="topic", warehouses=_WHS, **rules)
+    p = _projector(channels=Channels(channels=(channel,)))
+    for n, (kind, qty, wh) in enumerate(moves, 1):
+        at = EVENT_T0 + (n * 7919) % 13 * 1000  # event times out of order
+        for r in p.on_movement(movement(kind, qty, seq=n, warehouse=wh, event_time=at)).records:
+            whs = (r["location"],) if r["location"] else _WHS
+            cells = {w: p.state.cells[w] for w in whs if w in p.state.cells}
+            base = sum(c.atp + (max(0, c.incoming) if channel.include_incoming else 0)
+                       for c in cells.values())
+            assert (r["base"], r["after_share"], r["available"]) == (
+                base, *channel_available(channel, base))
+            assert r["warehouses"] == [{
+                "warehouse": w, "on_hand": c.on_hand, "on_hold": c.on_hold,
+                "reserved": c.reserved, "incoming": c.incoming, "atp": c.atp,
+                "erp_book": c.erp_book, "drift": c.drift} for w, c in cells.items()]
+            assert r["as_of"] == max(c.as_of for c in cells.values())
