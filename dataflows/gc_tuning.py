@@ -25,7 +25,7 @@ DEFAULT_THRESHOLDS = (100_000, 10, 100_000)
 
 
 def tune_gc() -> tuple[int, ...]:
-    """Freeze what exists now (modules, config, the graph) and raise the gen2 threshold."""
+    """Freeze what exists now (modules, config, the graph) and set the thresholds."""
     raw = os.environ.get("ATPFLOW_GC_THRESHOLDS", "")
     try:
         thresholds = tuple(int(x) for x in raw.split(",")) if raw else DEFAULT_THRESHOLDS

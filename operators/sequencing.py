@@ -265,7 +265,6 @@ class Sequencer:
             # In order (the common case): applied at once, then whatever it unblocked.
             self._consume(seq, d, out)
             st.next_seq += 1
-            st.memory.prune_extra(st.next_seq)
         else:
             if st.buffer is None:
                 st.buffer = {}
@@ -289,19 +288,16 @@ class Sequencer:
             self.state.memory.write(seq, self._identity(d))
             out.ordered.append(d)
 
-    def _drain(self, out: Outcome) -> bool:
+    def _drain(self, out: Outcome) -> None:
+        """Apply what waits from `next_seq` on; forget extra ids the stream has moved past."""
         st = self.state
-        start = st.next_seq
         buf = st.buffer
         while buf and st.next_seq in buf:
             self._consume(st.next_seq, buf.pop(st.next_seq), out)
             st.next_seq += 1
         if not buf:
             st.buffer = None
-        if st.next_seq != start:
-            st.memory.prune_extra(st.next_seq)
-            return True
-        return False
+        st.memory.prune_extra(st.next_seq)
 
     # -- time ------------------------------------------------------------------------------
     def skip(self, out: Outcome) -> None:
