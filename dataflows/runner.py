@@ -128,6 +128,11 @@ def run_flows(config: Config, args: argparse.Namespace, flows: list[str]) -> int
             print(f"atpflow run: no recovery partitions for {', '.join(missing)} in "
                   f"{config.recovery.dir}; run `atpflow recovery init` first", file=sys.stderr)
             return 2
+    from schemas import COMPILED
+
+    if not COMPILED:
+        print("atpflow run: the compiled Avro codec is not built (reinstall with a C compiler: "
+              "pip install -e .); running on fastavro, slower", file=sys.stderr)
     children: list[subprocess.Popen[bytes]] = []
     preexec = _die_with_parent if sys.platform.startswith("linux") else None
     for i, flow in enumerate(flows):

@@ -24,8 +24,14 @@ from typing import Any
 
 import fastavro
 
+try:  # compiled at install when a C compiler is there (setup.py); see schemas/_avro.pyx
+    from schemas import _avro
+except ImportError:
+    _avro = None
+
 __all__ = [
     "AVRO_DIR",
+    "COMPILED",
     "SCHEMA_FILES",
     "Codec",
     "DecodeError",
@@ -47,6 +53,10 @@ SCHEMA_FILES = {
     "DeadLetter": "dead_letter.avsc",
     "ShipmentMilestone": "shipment_milestone.avsc",
 }
+
+
+#: The compiled codec is in use (else fastavro and the pure-Python encoder: same bytes, slower).
+COMPILED = _avro is not None
 
 
 class DecodeError(ValueError):
@@ -75,14 +85,24 @@ class Codec:
         self.name = name
         self.raw_schema = _load_json(name)
         self._parsed = fastavro.parse_schema(_strip_timestamps(copy.deepcopy(self.raw_schema)))
+        #: the compiled reader's field plan, for the flat schemas it reads (every movement)
+        self._plan = _flat_plan(self._parsed) if _avro is not None else None
         self._fast: Callable[[dict[str, Any]], bytes] | None = None
-        if name == "AvailabilityRecord":  # the live hot path: see schemas/fast.py
-            from schemas.fast import encode_availability
+        if name == "AvailabilityRecord":  # the live hot path
+            if _avro is not None:
+                self._fast = _avro.encode_availability
+            else:
+                from schemas.fast import encode_availability
 
-            self._fast = encode_availability
+                self._fast = encode_availability
 
     def decode(self, data: bytes) -> dict[str, Any]:
         """Decode exactly one record; trailing bytes or a short read are errors."""
+        if self._plan is not None and type(data) is bytes:
+            record = _avro.read_flat(data, self._plan)  # type: ignore[union-attr]
+            if record is not None:
+                return record
+            # not a plain, complete encoding: fastavro decodes it or says what is wrong
         buf = io.BytesIO(data)
         try:
             record = fastavro.schemaless_reader(buf, self._parsed, None)
@@ -97,7 +117,10 @@ class Codec:
 
     def encode(self, record: dict[str, Any]) -> bytes:
         if self._fast is not None:
-            return self._fast(record)
+            try:
+                return self._fast(record)
+            except (TypeError, ValueError, KeyError, OverflowError):
+                pass  # a value the fast writer does not take: fastavro writes it or says why
         return self.encode_generic(record)
 
     def encode_generic(self, record: dict[str, Any]) -> bytes:
@@ -105,6 +128,29 @@ class Codec:
         buf = io.BytesIO()
         fastavro.schemaless_writer(buf, self._parsed, record)
         return buf.getvalue()
+
+
+def _flat_plan(schema: dict[str, Any]) -> list[Any] | None:
+    """The compiled reader's plan for a record of plain fields, or None (fastavro reads it)."""
+    assert _avro is not None
+    plan = []
+    for f in schema["fields"]:
+        t, name = f["type"], f["name"]
+        if t == "string":
+            plan.append(_avro.Field(name, _avro.STRING))
+        elif t == "long":
+            plan.append(_avro.Field(name, _avro.LONG))
+        elif t == ["null", "string"]:
+            plan.append(_avro.Field(name, _avro.OPT_STRING))
+        elif t == ["null", "long"]:
+            plan.append(_avro.Field(name, _avro.OPT_LONG))
+        elif isinstance(t, dict) and t.get("type") == "enum":
+            plan.append(_avro.Field(name, _avro.ENUM, tuple(t["symbols"])))
+        elif isinstance(t, dict) and t.get("type") == "bytes" and t.get("logicalType") == "decimal":
+            plan.append(_avro.Field(name, _avro.DECIMAL, (), t["precision"], t.get("scale", 0)))
+        else:
+            return None
+    return plan
 
 
 @cache

@@ -18,6 +18,11 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 echo "setup: installing atpflow and its dev dependencies"
 .venv/bin/python -m pip install --quiet -e '.[dev]'
+if .venv/bin/python -c "import schemas._avro" 2>/dev/null; then
+  echo "setup: compiled Avro codec built (schemas/_avro.pyx)"
+else
+  echo "setup: WARNING: the compiled Avro codec did not build (no C compiler?); atpflow runs on fastavro, slower" >&2
+fi
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else "$@"; fi; }
 apt_install() {

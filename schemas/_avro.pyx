@@ -1,0 +1,274 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""Compiled Avro for the per-record hot path (built at install by setup.py; optional).
+
+Two functions, each a faster twin of a fastavro call on a fixed family of schemas:
+
+- `read_flat(data, plan)`: a record of strings, longs, enums, `[null, string]`,
+  `[null, long]` and bytes decimals (every upstream movement schema). It accepts only a
+  complete, canonical encoding and returns `None` for anything else (a short read, an
+  unknown enum index, bytes left over, invalid UTF-8, a varint beyond 64 bits): the
+  caller then asks fastavro, whose answer (a record or the error) stands. So on any input
+  it either equals fastavro's result or defers to it.
+- `encode_availability(record)`: `AvailabilityRecord` as fastavro writes it. A value of
+  an unexpected type raises `TypeError`/`OverflowError`/`KeyError`, and the caller falls
+  back to fastavro (which writes it or raises its own error).
+
+tests/test_avro_compiled.py proves both against fastavro on generated records and
+mutated bytes. Any change to the schemas' field lists must be mirrored here (the tests
+fail otherwise).
+"""
+
+from cpython.long cimport PyLong_Check
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from cpython.unicode cimport PyUnicode_DecodeUTF8
+from libc.stdint cimport int64_t, uint64_t
+from libc.string cimport memcpy
+
+cdef extern from "Python.h":
+    const char* PyUnicode_AsUTF8AndSize(object s, Py_ssize_t* size) except NULL
+    int PyFloat_Pack8(double x, char* p, int le) except -1
+
+from decimal import Context
+
+# -- reading ------------------------------------------------------------------------------
+
+STRING, LONG, ENUM, OPT_STRING, OPT_LONG, DECIMAL = range(6)
+
+
+cdef class Field:
+    """One field of a flat record: its name, kind and what the kind needs."""
+
+    cdef readonly str name
+    cdef readonly int kind
+    cdef tuple symbols
+    cdef object context
+    cdef int scale
+
+    def __init__(self, str name, int kind, tuple symbols=(), int precision=0, int scale=0):
+        self.name = name
+        self.kind = kind
+        self.symbols = symbols
+        # fastavro's own recipe: a context with the schema's precision, then scaleb.
+        self.context = Context(prec=precision) if kind == DECIMAL else None
+        self.scale = scale
+
+
+cdef inline bint _varint(const unsigned char* p, Py_ssize_t n, Py_ssize_t* pos, int64_t* out):
+    """Zig-zag varint at pos; False if short or beyond 64 bits (left to fastavro)."""
+    cdef uint64_t acc = 0
+    cdef int shift = 0
+    cdef unsigned char b
+    while True:
+        if pos[0] >= n:
+            return False
+        b = p[pos[0]]
+        pos[0] += 1
+        if shift == 63 and b > 1:
+            return False  # the 10th byte holds one bit of a 64-bit value, and ends it
+        acc |= (<uint64_t>(b & 0x7F)) << shift
+        if not (b & 0x80):
+            break
+        shift += 7
+    out[0] = <int64_t>((acc >> 1) ^ (<uint64_t>0 - (acc & 1)))
+    return True
+
+
+def read_flat(bytes data, list plan):
+    """The record `data` holds, or None where fastavro must decide."""
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(data)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+    cdef Py_ssize_t pos = 0
+    cdef int64_t v
+    cdef Field f
+    cdef int kind
+    cdef dict out = {}
+    for f in plan:
+        kind = f.kind
+        if kind == OPT_STRING or kind == OPT_LONG:
+            if not _varint(p, n, &pos, &v):
+                return None
+            if v == 0:
+                out[f.name] = None
+                continue
+            if v != 1:
+                return None
+            kind = STRING if kind == OPT_STRING else LONG
+        if not _varint(p, n, &pos, &v):
+            return None
+        if kind == LONG:
+            out[f.name] = v
+        elif kind == STRING:
+            if v < 0 or v > n - pos:
+                return None
+            try:
+                out[f.name] = PyUnicode_DecodeUTF8(<const char*>(p + pos), <Py_ssize_t>v, NULL)
+            except UnicodeDecodeError:
+                return None
+            pos += v
+        elif kind == ENUM:
+            if v < 0 or v >= len(f.symbols):
+                return None
+            out[f.name] = f.symbols[v]
+        elif kind == DECIMAL:
+            if v < 0 or v > n - pos:
+                return None
+            unscaled = int.from_bytes(data[pos:pos + v], "big", signed=True)
+            pos += v
+            out[f.name] = f.context.create_decimal(unscaled).scaleb(-f.scale, f.context)
+        else:
+            return None
+    if pos != n:
+        return None
+    return out
+
+
+# -- writing ------------------------------------------------------------------------------
+
+cdef struct Buf:
+    char* data
+    Py_ssize_t size
+    Py_ssize_t cap
+    bint heap
+
+
+cdef enum:
+    STACK = 1024  # bytes on the C stack: a record needs ~150, more goes to the heap
+
+
+cdef int _reserve(Buf* b, Py_ssize_t more) except -1:
+    cdef Py_ssize_t cap
+    cdef char* grown
+    if b.size + more <= b.cap:
+        return 0
+    cap = max(b.cap * 2, b.size + more)
+    if b.heap:
+        grown = <char*>PyMem_Realloc(b.data, cap)
+    else:
+        grown = <char*>PyMem_Malloc(cap)
+        if grown != NULL:
+            memcpy(grown, b.data, b.size)
+    if grown == NULL:
+        raise MemoryError()
+    b.data = grown
+    b.cap = cap
+    b.heap = True
+    return 0
+
+
+cdef inline int _long(Buf* b, int64_t v) except -1:
+    cdef uint64_t n = (<uint64_t>v << 1) ^ <uint64_t>(v >> 63)
+    if b.size + 10 > b.cap:
+        _reserve(b, 10)
+    while n > 0x7F:
+        b.data[b.size] = <char>((n & 0x7F) | 0x80)
+        b.size += 1
+        n >>= 7
+    b.data[b.size] = <char>n
+    b.size += 1
+    return 0
+
+
+cdef inline int _int(Buf* b, object v) except -1:
+    """A Python int as a long (a float would convert silently: fastavro decides those)."""
+    if not PyLong_Check(v):
+        raise TypeError(f"expected an int, got {type(v).__name__}")
+    return _long(b, v)
+
+
+cdef inline int _byte(Buf* b, char c) except -1:
+    if b.size + 1 > b.cap:
+        _reserve(b, 1)
+    b.data[b.size] = c
+    b.size += 1
+    return 0
+
+
+cdef int _str(Buf* b, object s) except -1:
+    cdef Py_ssize_t size
+    cdef const char* utf8 = PyUnicode_AsUTF8AndSize(s, &size)
+    _long(b, size)
+    _reserve(b, size)
+    memcpy(b.data + b.size, utf8, size)
+    b.size += size
+    return 0
+
+
+cdef int _opt_int(Buf* b, object v) except -1:
+    if v is None:
+        return _byte(b, 0)
+    _byte(b, 2)
+    return _int(b, v)
+
+
+cdef object _get(dict d, str key):
+    try:
+        return d[key]
+    except KeyError:
+        raise KeyError(f"AvailabilityRecord field {key!r} is missing") from None
+
+
+cdef int _block(Buf* b, dict w) except -1:
+    _str(b, _get(w, "warehouse"))
+    _int(b, _get(w, "on_hand"))
+    _int(b, _get(w, "on_hold"))
+    _int(b, _get(w, "reserved"))
+    _int(b, _get(w, "incoming"))
+    _int(b, _get(w, "atp"))
+    _opt_int(b, _get(w, "erp_book"))
+    return _opt_int(b, _get(w, "drift"))
+
+
+def encode_availability(dict r):
+    """Schemaless Avro of an `AvailabilityRecord` (field order as in the .avsc file)."""
+    cdef char stack[STACK]
+    cdef Buf b
+    b.data = stack
+    b.size = 0
+    b.cap = STACK
+    b.heap = False
+    cdef object share, flag, location
+    cdef list warehouses
+    try:
+        _str(&b, _get(r, "channel"))
+        _str(&b, _get(r, "sku"))
+        location = _get(r, "location")
+        if location is None:
+            _byte(&b, 0)
+        else:
+            _byte(&b, 2)
+            _str(&b, location)
+        _int(&b, _get(r, "available"))
+        _opt_int(&b, _get(r, "previous"))
+        _int(&b, _get(r, "version"))
+        _int(&b, _get(r, "as_of"))
+        _str(&b, _get(r, "source"))
+        _str(&b, _get(r, "source_id"))
+        warehouses = _get(r, "warehouses")
+        if warehouses:
+            _long(&b, len(warehouses))
+            for w in warehouses:
+                _block(&b, w)
+        _byte(&b, 0)  # end of the array
+        _int(&b, _get(r, "base"))
+        share = _get(r, "share_pct")
+        if type(share) is not float:
+            raise TypeError("share_pct must be a float")
+        _reserve(&b, 8)
+        PyFloat_Pack8(share, b.data + b.size, 1)
+        b.size += 8
+        _int(&b, _get(r, "after_share"))
+        _int(&b, _get(r, "buffer_units"))
+        _int(&b, _get(r, "max_qty"))
+        _int(&b, _get(r, "min_qty"))
+        flag = _get(r, "include_incoming")
+        if flag is True:
+            _byte(&b, 1)
+        elif flag is False:
+            _byte(&b, 0)
+        else:
+            raise TypeError("include_incoming must be a bool")
+        return PyBytes_FromStringAndSize(b.data, b.size)
+    finally:
+        if b.heap:
+            PyMem_Free(b.data)
