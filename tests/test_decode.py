@@ -318,3 +318,63 @@ def test_all_zero_bytes_decode_and_are_invalid_not_undecodable() -> None:
         "uom: String should have at least 1 character",
         "seq: Input should be greater than or equal to 1",
     ]
+
+
+# -- the fast path for valid records: exactly pydantic's verdict, and an equal model ----------
+
+def _avro_level(schema: str) -> Any:
+    """Values of the Avro types of `schema`'s fields, with the rule-breaking ones included."""
+    from hypothesis import strategies as st
+
+    code = st.sampled_from(["", "A", "DC-ATL", "ä€"]) | st.text(max_size=5)
+    out = {}
+    for f in codec(schema)._parsed["fields"]:
+        t = f["type"]
+        if t == "string":
+            out[f["name"]] = code
+        elif t == "long":
+            out[f["name"]] = st.integers(-3, 3) | st.integers(-(2**63), 2**63 - 1)
+        elif t == ["null", "string"]:
+            out[f["name"]] = st.none() | code
+        elif t.get("type") == "enum":
+            out[f["name"]] = st.sampled_from(t["symbols"])
+        else:
+            out[f["name"]] = st.decimals(places=3, allow_nan=False, allow_infinity=False,
+                                         min_value=-10**6, max_value=10**6)
+    return st.fixed_dictionaries(out)
+
+
+@pytest.mark.parametrize("schema", ["WmsInventoryTransaction", "ErpInventoryDocument",
+                                    "CarrierTrackingEvent"])
+def test_quick_model_accepts_exactly_what_pydantic_accepts(schema: str) -> None:
+    from hypothesis import given, settings
+    from pydantic import ValidationError
+
+    from operators.decode import MODELS, quick_model
+
+    @settings(max_examples=400, deadline=None)
+    @given(_avro_level(schema))
+    def check(fields: dict[str, Any]) -> None:
+        quick = quick_model(schema, dict(fields))
+        try:
+            ref = MODELS[schema].model_validate(fields)
+        except ValidationError:
+            assert quick is None
+            return
+        assert quick is not None, "a valid record must not need pydantic"
+        assert quick == ref
+        assert quick.model_dump() == ref.model_dump()
+        assert quick.model_fields_set == ref.model_fields_set
+        first = next(iter(fields))
+        assert getattr(quick.model_copy(update={first: "Z"}), first) == "Z"
+        with pytest.raises(ValidationError):
+            setattr(quick, first, "Y")  # frozen like the validated model
+
+    check()
+
+
+def test_quick_model_is_off_for_models_with_other_rules() -> None:
+    from operators.decode import quick_model
+
+    value = item_master_value()
+    assert quick_model("ItemMaster", value) is None  # uom_factors: pydantic checks it
