@@ -134,6 +134,32 @@ class Applied(NamedTuple):
 ChannelKey = tuple[str, str | None]
 
 
+class _Target(NamedTuple):
+    """A channel key that a movement at one warehouse can change, its rule's numbers ready."""
+
+    key: ChannelKey
+    location: str | None
+    #: the warehouses its base sums
+    warehouses: tuple[str, ...]
+    channel: Channel
+    #: share_pct / 100 as an exact fraction
+    num: int
+    den: int
+
+
+def _targets(channels: Channels) -> dict[str, tuple[_Target, ...]]:
+    """Per warehouse, the channel keys its movements feed."""
+    out = {}
+    for wh, chans in channels.by_warehouse.items():
+        targets = []
+        for c in chans:
+            location = wh if c.per_location else None
+            targets.append(_Target((c.id, location), location, (wh,) if location else c.warehouses,
+                                   c, *_share(c.share_pct)))
+        out[wh] = tuple(targets)
+    return out
+
+
 @dataclass(slots=True)
 class SkuState:
     """Everything kept per sku (snapshotted per key)."""
@@ -169,6 +195,7 @@ class Projector:
     ) -> None:
         self.state = state
         self.channels = channels
+        self.targets = _targets(channels)
         self.version_clock = version_clock
         #: channel keys still owed their first result after a resume
         self.force: set[ChannelKey] | None = set(state.emitted) if resumed else None
@@ -177,7 +204,8 @@ class Projector:
         """Apply one movement; returns the availability records it changed."""
         st = self.state
         st.sku = m.sku
-        if m.raw.replayed and st.replayed_ids and m.source_id in st.replayed_ids:
+        replayed = m.raw.replayed
+        if replayed and st.replayed_ids and m.source_id in st.replayed_ids:
             return Applied([], duplicate=True)  # a dead letter replayed again
         cell = st.cells.get(m.warehouse)
         if cell is None:
@@ -185,26 +213,30 @@ class Projector:
         late = apply_movement(cell, m)
         if late is not None:
             return Applied([], dead_letter(m.raw, Reason.LATE_SUPERSEDED, late, m.source_id))
-        if m.raw.replayed:
+        if replayed:
             if st.replayed_ids is None:
                 st.replayed_ids = set()  # rare: an empty set per sku would cost 216 bytes
             st.replayed_ids.add(m.source_id)
         out = []
-        for channel in self.channels.by_warehouse.get(m.warehouse, ()):
-            location = m.warehouse if channel.per_location else None
-            record = self._project(channel, location, m)
+        blocks: dict[str, dict[str, Any]] = {}
+        for target in self.targets.get(m.warehouse, ()):
+            record = self._project(target, m, blocks)
             if record is not None:
                 out.append(record)
         return Applied(out)
 
-    def _project(self, channel: Channel, location: str | None, m: Movement) -> dict[str, Any] | None:
+    def _project(self, target: _Target, m: Movement, blocks: dict[str, dict[str, Any]]
+                 ) -> dict[str, Any] | None:
         # The hot path (2-3 calls per movement): `channel_available` and `Cell.atp`/`drift` are
-        # inlined here, a quarter of this step's time; tests/test_availability.py proves the
-        # records equal those formulas.
+        # inlined here, and one movement's records share each warehouse's block (records are
+        # never changed once built); tests/test_availability.py proves the records equal the
+        # plain formulas.
         st = self.state
-        key = (channel.id, location)
+        channel = target.channel
+        key = target.key
+        location = target.location
         cells = st.cells
-        whs = (location,) if location else channel.warehouses
+        whs = target.warehouses
         base = 0
         incoming = channel.include_incoming
         for wh in whs:
@@ -215,8 +247,7 @@ class Projector:
                     base += atp
                 if incoming and c.incoming > 0:
                     base += c.incoming
-        num, den = _share(channel.share_pct)
-        after_share = base * num // den
+        after_share = base * target.num // target.den
         available = after_share - channel.buffer_units
         if available < 0:
             available = 0
@@ -239,20 +270,23 @@ class Projector:
             version = max(prev_version + 1, self.version_clock() * 1000)
         emitted[key] = (available, version)
         as_of = 0
-        blocks = []
+        basis = []
         for wh in whs:
             c = cells.get(wh)
             if c is None:
                 continue
             if c.as_of > as_of:
                 as_of = c.as_of
-            on_hand, book = c.on_hand, c.erp_book
-            atp = on_hand - c.on_hold - c.reserved
-            blocks.append({
-                "warehouse": wh, "on_hand": on_hand, "on_hold": c.on_hold, "reserved": c.reserved,
-                "incoming": c.incoming, "atp": atp if atp > 0 else 0, "erp_book": book,
-                "drift": None if book is None else book - on_hand,
-            })
+            block = blocks.get(wh)
+            if block is None:
+                on_hand, book = c.on_hand, c.erp_book
+                atp = on_hand - c.on_hold - c.reserved
+                block = blocks[wh] = {
+                    "warehouse": wh, "on_hand": on_hand, "on_hold": c.on_hold,
+                    "reserved": c.reserved, "incoming": c.incoming, "atp": atp if atp > 0 else 0,
+                    "erp_book": book, "drift": None if book is None else book - on_hand,
+                }
+            basis.append(block)
         return {
             "channel": channel.id,
             "sku": st.sku,
@@ -263,7 +297,7 @@ class Projector:
             "as_of": as_of,
             "source": m.source,
             "source_id": m.source_id,
-            "warehouses": blocks,
+            "warehouses": basis,
             "base": base,
             "share_pct": float(channel.share_pct),
             "after_share": after_share,

@@ -566,14 +566,21 @@ _WHS = ("ATL1", "DAL1", "RNO1")
 def test_projector_records_follow_channel_available_and_the_cells(
     rules: dict[str, Any], moves: list[tuple[str, int, str]]
 ) -> None:
-    """The projector inlines `channel_available` and `Cell.atp`/`drift` (its hot path): every
-    record it emits must carry exactly what those plain formulas give for the cells it holds."""
-    channel = Channel(id="c", kind="topic", warehouses=_WHS, **rules)
-    p = _projector(channels=Channels(channels=(channel,)))
+    """The projector inlines `channel_available` and `Cell.atp`/`drift` (its hot path), and one
+    movement's records share warehouse blocks: every record it emits must carry exactly what
+    the plain formulas give for the cells it holds, next to other channels' records."""
+    channels = (
+        Channel(id="c", kind="topic", warehouses=_WHS, **rules),
+        Channel(id="all", kind="topic", warehouses=_WHS, include_incoming=True, share_pct=50),
+        Channel(id="two", kind="topic", warehouses=_WHS[:2], per_location=True, buffer_units=1),
+    )
+    by_id = {c.id: c for c in channels}
+    p = _projector(channels=Channels(channels=channels))
     for n, (kind, qty, wh) in enumerate(moves, 1):
         at = EVENT_T0 + (n * 7919) % 13 * 1000  # event times out of order
         for r in p.on_movement(movement(kind, qty, seq=n, warehouse=wh, event_time=at)).records:
-            whs = (r["location"],) if r["location"] else _WHS
+            channel = by_id[r["channel"]]
+            whs = (r["location"],) if r["location"] else channel.warehouses
             cells = {w: p.state.cells[w] for w in whs if w in p.state.cells}
             base = sum(c.atp + (max(0, c.incoming) if channel.include_incoming else 0)
                        for c in cells.values())
