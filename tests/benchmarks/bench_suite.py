@@ -150,7 +150,8 @@ def machine() -> dict[str, Any]:
 
 
 #: A minimal launcher (no site, only os/sys/signal: ~10 MiB) that forks the measured command,
-#: forwards SIGTERM/SIGINT to it, and writes the command's ru_maxrss from wait4 to a file.
+#: forwards SIGTERM/SIGINT to it, and writes the command's ru_maxrss and CPU seconds (user +
+#: system, its waited-for children included) from wait4 to a file.
 #: Why not wait4 on our own child: Linux keeps the larger of a process's peak RSS before and
 #: after exec(), and a child forked from this (large) benchmark process starts with our RSS as
 #: its peak; forked from the small launcher, the floor is the launcher's ~10 MiB.
@@ -172,7 +173,7 @@ signal.signal(signal.SIGTERM, forward)
 signal.signal(signal.SIGINT, forward)
 _, status, usage = os.wait4(pid, 0)
 with open(out, "w") as fh:
-    fh.write(str(usage.ru_maxrss))
+    fh.write(f"{usage.ru_maxrss} {usage.ru_utime + usage.ru_stime}")
 code = os.waitstatus_to_exitcode(status)
 os._exit(code if code >= 0 else 128 - code)
 """
@@ -193,6 +194,7 @@ class Child:
     ended: float | None = None
     code: int | None = None
     maxrss_kib: int | None = None
+    cpu_s: float | None = None
 
     @classmethod
     def start(
@@ -232,7 +234,8 @@ class Child:
         # ru_maxrss of the command and of the children it waited for (`atpflow run` waits
         # for its `python -m bytewax.run`): the job's own peak.
         with contextlib.suppress(OSError, ValueError):
-            self.maxrss_kib = int(self.rss_path.read_text())
+            rss, cpu = self.rss_path.read_text().split()
+            self.maxrss_kib, self.cpu_s = int(rss), float(cpu)
         return True
 
     def wait(self, timeout: float) -> bool:
@@ -872,6 +875,10 @@ def run_live(
         "first_output_s": round(first - t0, 3),
         "peak_rss_mib": sum((c.maxrss_kib or 0) for c in children) / 1024,
         "peak_rss_mib_per_process": [(c.maxrss_kib or 0) / 1024 for c in children],
+        # CPU time is steadier than wall time on a shared machine: us of CPU per input record
+        # (start-up and the drain included), and the share of one core the job kept busy.
+        "cpu_us_per_record": round(sum(c.cpu_s or 0 for c in children) / wire.total * 1e6, 1),
+        "cpu_busy": round(sum(c.cpu_s or 0 for c in children) / max(exit_at - t0, 1e-9), 2),
         "preload_s": round(preload_s, 1),
         "read_outputs_s": round(read_s, 1),
         "check": check.as_dict(),
@@ -1291,6 +1298,8 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "behind_at_end_s",
         "achieved_rate",
         "engine_s",
+        "cpu_us_per_record",
+        "cpu_busy",
     )
     out: dict[str, Any] = {"runs": len(runs), "ok_runs": len(good)}
     for k in keys:
@@ -1326,8 +1335,9 @@ def table(report: dict[str, Any]) -> str:
         f"{report['machine']['python']}, bytewax {report['machine']['bytewax']}; load avg "
         f"{report['machine']['load_avg'][0]:.2f} before, {report['load_avg_after'][0]:.2f} after",
         "",
-        "| measurement | records/s | vs ceiling | wall s | first output s | peak RSS MiB | check |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| measurement | records/s | vs ceiling | wall s | first output s | peak RSS MiB "
+        "| CPU us/record (busy) | check |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for name, label in LABELS.items():
         if name not in s:
@@ -1338,9 +1348,11 @@ def table(report: dict[str, Any]) -> str:
         check = r.get("check_text", "n/a (the reference)" if name in ("ceiling", "replay") else "-")
         if r["ok_runs"] < r["runs"]:
             check = f"{r['runs'] - r['ok_runs']} run(s) failed; " + check
+        cpu = r.get("cpu_us_per_record")
+        cpu_text = f"{cpu:,.1f} ({r['cpu_busy']:.2f})" if cpu else "-"
         lines.append(
             f"| {label} | {fmt(rate)} | {ratio} | {fmt(r.get('wall_s'), 1)} | "
-            f"{fmt(r.get('first_output_s'), 2)} | {fmt(r.get('peak_rss_mib'))} | {check} |"
+            f"{fmt(r.get('first_output_s'), 2)} | {fmt(r.get('peak_rss_mib'))} | {cpu_text} | {check} |"
         )
     lat = report.get("latency") or {}
     if lat:
