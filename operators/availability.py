@@ -210,6 +210,7 @@ class Projector:
         cell = st.cells.get(m.warehouse)
         if cell is None:
             cell = st.cells[m.warehouse] = Cell()
+        atp, incoming = cell.on_hand - cell.on_hold - cell.reserved, cell.incoming
         late = apply_movement(cell, m)
         if late is not None:
             return Applied([], dead_letter(m.raw, Reason.LATE_SUPERSEDED, late, m.source_id))
@@ -217,9 +218,18 @@ class Projector:
             if st.replayed_ids is None:
                 st.replayed_ids = set()  # rare: an empty set per sku would cost 216 bytes
             st.replayed_ids.add(m.source_id)
+        # A channel's base reads the cells' ATP and incoming, clamped at 0. A movement that
+        # changes neither (a PICK, a snapshot, a PO for channels without incoming: a fifth of
+        # them) cannot change what a channel key already emitted: skip those keys.
+        same_atp = max(0, atp) == max(0, cell.on_hand - cell.on_hold - cell.reserved)
+        same_incoming = max(0, incoming) == max(0, cell.incoming)
+        emitted, force = st.emitted, self.force
         out = []
         blocks: dict[str, dict[str, Any]] = {}
         for target in self.targets.get(m.warehouse, ()):
+            if (same_atp and (same_incoming or not target.channel.include_incoming)
+                    and target.key in emitted and not (force and target.key in force)):
+                continue
             record = self._project(target, m, blocks)
             if record is not None:
                 out.append(record)
