@@ -176,6 +176,8 @@ class Sequencer:
         self.max_buffered = max_buffered
         self.max_clock_skew = max_clock_skew
         self.stream_key = stream_key
+        #: take the fused path for in-order records (tests turn it off to compare the two)
+        self.fused = True
 
     # -- arrival ---------------------------------------------------------------------------
     def on_record(self, d: Decoded, now: float, out: Outcome) -> None:
@@ -193,6 +195,18 @@ class Sequencer:
                 out.ordered.append(d)
             return
         entry = d.identity = id_hash(rid) + d.digest[:DIGEST_BYTES]
+        memory = st.memory
+        if (self.fused and seq == st.next_seq and st.buffer is None and not memory.extra
+                and not d.invalid and not memory.has_id(entry[:ID_BYTES])):
+            # The common case, fused: the stream's next number, nothing waiting, a new id. The
+            # general path below decides the same (tests/test_sequencing.py drives both).
+            t = rec.event_time
+            if MIN_EVENT_TIME_MS <= t <= now * 1000 + self.max_clock_skew * 1000:
+                memory.write(seq, entry)
+                out.ordered.append(d)
+                st.next_seq = seq + 1
+                st.gap_deadline = None
+                return
         held = self._held(seq)  # the identity that holds `seq`, if remembered
         if held == entry or (st.memory.extra and entry in st.memory.extra):
             out.duplicates += 1

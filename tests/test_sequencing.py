@@ -709,3 +709,48 @@ def test_young_stream_keeps_a_small_ring_and_still_knows_its_ids() -> None:
     # The ring never outgrows the window, however long the stream runs.
     feed(s, *(txn(n) for n in range(4, 200)))
     assert len(s.state.memory.ring) == MEMORY_WINDOW * SLOT_BYTES
+
+
+# -- the fused in-order path decides what the general path decides ------------------------------
+
+
+def _arrival() -> object:
+    from hypothesis import strategies as st
+
+    return st.one_of(
+        # mostly the next number (the fused path), sometimes early, late or repeated
+        st.tuples(st.just("record"), st.sampled_from([1] * 12 + [0, 2, -1, -3]),
+                  st.sampled_from(["same", "same", "same", "other-id", "other-qty", "bad-time",
+                                   "empty-item"])),
+        st.tuples(st.just("tick"), st.floats(0, 60), st.just("")),
+    )
+
+
+def test_fused_in_order_path_equals_the_general_path() -> None:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(_arrival(), min_size=10, max_size=120), st.integers(2, 40))
+    def check(arrivals: list[tuple[str, float, str]], max_buffered: int) -> None:
+        fused = new_sequencer(max_buffered=max_buffered)
+        plain = new_sequencer(max_buffered=max_buffered)
+        plain.fused = False
+        now, cursor = NOW, 0
+        for what, n, variant in arrivals:
+            if what == "tick":
+                now += n
+                a, b = tick(fused, now), tick(plain, now)
+            else:
+                cursor = max(0, cursor + int(n))
+                seq = cursor
+                changes: dict[str, object] = {
+                    "same": {}, "other-id": {"txn_id": f"X{seq % 3}"}, "other-qty": {"qty": 99},
+                    "bad-time": {"event_time": 1}, "empty-item": {"uom": ""},
+                }[variant]
+                a = feed(fused, txn(seq, **changes), now=now)
+                b = feed(plain, txn(seq, **changes), now=now)
+            assert (ids(a), reasons(a), a.duplicates, a.gaps) == (ids(b), reasons(b), b.duplicates, b.gaps)
+            assert fused.state == plain.state
+
+    check()
