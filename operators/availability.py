@@ -221,8 +221,9 @@ class Projector:
         # A channel's base reads the cells' ATP and incoming, clamped at 0. A movement that
         # changes neither (a PICK, a snapshot, a PO for channels without incoming: a fifth of
         # them) cannot change what a channel key already emitted: skip those keys.
-        same_atp = max(0, atp) == max(0, cell.on_hand - cell.on_hold - cell.reserved)
-        same_incoming = max(0, incoming) == max(0, cell.incoming)
+        after = cell.on_hand - cell.on_hold - cell.reserved
+        same_atp = after == atp or (after <= 0 and atp <= 0)
+        same_incoming = cell.incoming == incoming or (cell.incoming <= 0 and incoming <= 0)
         emitted, force = st.emitted, self.force
         out = []
         blocks: dict[str, dict[str, Any]] = {}

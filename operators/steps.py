@@ -239,20 +239,34 @@ class _SequenceShard(_Shard):
 
     @override
     def on_batch(self, values: list[Decoded]) -> tuple[Iterable[Any], bool]:
+        # Per record, with `_seq` and `_track` inlined: this loop runs once per input record.
         now = self.clock()
         out = Outcome()
         buffered = gaps_open = 0
         dup_sources: Counter[str] = Counter()
+        seq, states, deadlines, live = self.seq, self.states, self.deadlines, self.mode == "live"
         for d in values:
-            seq = self._seq(d.stream)
-            before_buf, before_gap = seq.buffered, seq.state.gap_deadline is not None
+            key = d.stream
+            state = states.get(key)
+            if state is None:
+                state = states[key] = SequencerState()
+            seq.state = state
+            buf, had_gap = state.buffer, state.gap_deadline is not None
+            before_buf = len(buf) if buf else 0
             dups = out.duplicates
             seq.on_record(d, now, out)
             if out.duplicates != dups:
                 dup_sources[d.rec.source] += out.duplicates - dups
-            buffered += seq.buffered - before_buf
-            gaps_open += (seq.state.gap_deadline is not None) - before_gap
-            self._track(d.stream)
+            buf, gap = state.buffer, state.gap_deadline
+            if buf or before_buf:
+                buffered += (len(buf) if buf else 0) - before_buf
+            gaps_open += (gap is not None) - had_gap
+            if live:
+                if gap is None:
+                    if deadlines:
+                        deadlines.pop(key, None)
+                else:
+                    deadlines[key] = gap
         for source, n in dup_sources.items():
             metrics.DUPLICATES.labels(source).inc(n)
         return self._finish(out, buffered, gaps_open), RETAIN
@@ -386,6 +400,12 @@ class _NormaliseShard(_Shard):
         parked = 0
         for key, v in values:
             norm = self._norm(key)
+            st = norm.state
+            if isinstance(v, Decoded) and st.item is not None and not st.parked:
+                # The common case: a record parks only behind an unknown item or parked records,
+                # so nothing is parked after it either, and there is no wait to track.
+                out += norm.on_record(v, v.stream, now)
+                continue
             before = norm.parked_count
             if isinstance(v, Decoded):
                 out += norm.on_record(v, v.stream, now)
@@ -494,10 +514,12 @@ class _ProjectShard(_Shard):
                 out.append(result.late)
                 continue
             applied[m.source] += 1
-            for r in result.records:
-                key = r["sku"] if r["location"] is None else f"{r['sku']}|{r['location']}"
-                out.append(Output(self.topics[r["channel"]], key, "AvailabilityRecord", r,
-                                  m.raw.timestamp, m.event_time, m.source))
+            if result.records:
+                sku, topics, ts = m.sku, self.topics, m.raw.timestamp
+                for r in result.records:
+                    loc = r["location"]
+                    out.append(Output(topics[r["channel"]], sku if loc is None else f"{sku}|{loc}",
+                                      "AvailabilityRecord", r, ts, m.event_time, m.source))
             if m.kind == "STOCK_SNAPSHOT":
                 drift = projector.state.cells[m.warehouse].drift
                 if drift is not None:
