@@ -103,6 +103,10 @@ class Codec:
             if record is not None:
                 return record
             # not a plain, complete encoding: fastavro decodes it or says what is wrong
+        return self.decode_generic(data)
+
+    def decode_generic(self, data: bytes) -> dict[str, Any]:
+        """fastavro's reader, for any schema (the reference the compiled reader is tested against)."""
         buf = io.BytesIO(data)
         try:
             record = fastavro.schemaless_reader(buf, self._parsed, None)

@@ -29,6 +29,8 @@ decimals = st.decimals(
     places=3, allow_nan=False, allow_infinity=False,
 )
 
+FLAT_EXAMPLE = {"txn_id": "T1", "facility": "DC-ATL", "item": "ITM-1", "txn_type": "PICK", "qty": 2,
+                "uom": "EA", "seq": 1, "event_time": 1_767_225_600_000, "order_ref": None}
 FLAT: dict[str, Any] = {
     "WmsInventoryTransaction": st.fixed_dictionaries({
         "txn_id": text, "facility": text, "item": text,
@@ -60,6 +62,14 @@ def fastavro_read(schema: str, data: bytes) -> dict[str, Any] | Exception:
     except Exception as exc:  # noqa: BLE001 - any failure is an answer here
         return exc
     return rec if buf.tell() == len(data) else ValueError("bytes left over")
+
+
+def test_decode_generic_is_fastavro_alone() -> None:
+    c = codec("WmsInventoryTransaction")
+    raw = c.encode_generic(FLAT_EXAMPLE)
+    assert c.decode_generic(raw) == fastavro_read("WmsInventoryTransaction", raw) == FLAT_EXAMPLE
+    with pytest.raises(DecodeError, match="left over"):
+        c.decode_generic(raw + b"\x00")
 
 
 def same(a: dict[str, Any], b: dict[str, Any]) -> bool:

@@ -229,6 +229,37 @@ def test_source_reads_every_partition_with_two_workers(broker_config: Config) ->
     assert all(v == list(range(len(v))) for v in by_part.values())
 
 
+def test_source_reads_records_directly_exactly_as_the_stock_partition_gives_them(
+    broker_config: Config,
+) -> None:
+    topic = make_topic(broker_config, "source.direct", 1)
+    with CheckedProducer(broker_config.kafka) as p:
+        for i in range(2500):  # three batches of the source's 1,000
+            p.send(topic, None if i % 5 == 0 else f"k-{i % 9}", None if i % 7 == 0 else b"v%d" % i,
+                   headers=[("n", b"%d" % i)] if i % 2 else (), partition=0)
+    src = KafkaRawSource(broker_config.kafka, [topic], stop_at_eof=True)
+
+    def read(direct: bool, resume: int | None) -> tuple[list[RawRecord], int | None]:
+        part = src.build_part("s", f"0-{topic}", resume)
+        assert part._direct
+        part._direct = direct
+        out: list[RawRecord] = []
+        try:
+            while True:
+                out += part.next_batch()
+        except StopIteration:
+            pass
+        state = part.snapshot()
+        part.close()
+        return out, state
+
+    stock, direct = read(False, None), read(True, None)
+    assert len(stock[0]) == 2500
+    assert direct == stock  # the records, and the offset to resume from
+    assert read(True, 1234) == read(False, 1234)  # resuming mid-topic
+    assert read(True, 1234)[0][0].offset == 1234
+
+
 def test_source_names_missing_topics(broker_config: Config) -> None:
     from sinks.kafka import MissingTopicError
 

@@ -8,7 +8,8 @@ measurement means. In one run, on the same seeded data (`atpflow generate`) and 
 Tansu broker per measurement, it measures:
 
 - ceiling: a plain confluent-kafka consumer (assign(), every partition) that reads and
-  Avro-decodes the input topics;
+  Avro-decodes the input topics with fastavro (the issue's reference; ratios are against it),
+  and the same consumer with atpflow's compiled decoder (`ceiling-compiled`);
 - live: `atpflow run --flow availability --stop-at-eof` (all channels of the sample config,
   dead letters, metrics endpoint on) with 1 and 2 processes, recovery off and on;
 - replay: `atpflow replay --flow availability`;
@@ -761,7 +762,7 @@ def run_replay(work: Path, fixture: Path, name: str) -> dict[str, Any]:
     }
 
 
-def run_ceiling(work: Path, wire: Wire, name: str) -> dict[str, Any]:
+def run_ceiling(work: Path, wire: Wire, name: str, decoder: str = "fastavro") -> dict[str, Any]:
     with Env(work, name) as env:
         preload(env.bootstrap, wire.records())
         t0 = time.time()
@@ -775,6 +776,8 @@ def run_ceiling(work: Path, wire: Wire, name: str) -> dict[str, Any]:
                 env.bootstrap,
                 "--topics",
                 ",".join(env.input_topics),
+                "--decoder",
+                decoder,
             ],
             env.dir / "ceiling.log",
             env=clean_env(),
@@ -1096,6 +1099,10 @@ def role_ceiling(args: argparse.Namespace) -> int:
     schemas = Topics().input_schemas
     topics = args.topics.split(",")
     codecs = {t: codec(schemas[t]) for t in topics}
+    # The reference decodes with fastavro; `--decoder compiled` measures the same
+    # consumer with the compiled reader the job itself uses.
+    decoders = {t: c.decode if args.decoder == "compiled" else c.decode_generic
+                for t, c in codecs.items()}
     c = Consumer({"bootstrap.servers": args.bootstrap, **CONSUMER})
     md = c.list_topics(timeout=10)
     tps = [TopicPartition(t, p, OFFSET_BEGINNING) for t in topics for p in md.topics[t].partitions]
@@ -1112,7 +1119,7 @@ def role_ceiling(args: argparse.Namespace) -> int:
                     continue
                 raise KafkaException(err)
             try:
-                codecs[m.topic()].decode(m.value())
+                decoders[m.topic()](m.value())
             except DecodeError:
                 bad += 1
             n += 1
@@ -1214,7 +1221,8 @@ LIVE = {
     "live-2p-recovery": (2, True),
 }
 LABELS = {
-    "ceiling": "ceiling: plain consumer, Avro decode",
+    "ceiling": "ceiling: plain consumer, Avro decode (fastavro)",
+    "ceiling-compiled": "plain consumer, atpflow's compiled Avro decoder",
     "live-1p": "live, 1 process",
     "live-2p": "live, 2 processes",
     "live-1p-recovery": "live, 1 process, recovery (10 s snapshots)",
@@ -1345,7 +1353,8 @@ def table(report: dict[str, Any]) -> str:
         r = s[name]
         rate = r.get("records_per_s")
         ratio = f"{rate / ceiling:.2f}" if rate and ceiling else "-"
-        check = r.get("check_text", "n/a (the reference)" if name in ("ceiling", "replay") else "-")
+        reference = name in ("ceiling", "ceiling-compiled", "replay")
+        check = r.get("check_text", "n/a (the reference)" if reference else "-")
         if r["ok_runs"] < r["runs"]:
             check = f"{r['runs'] - r['ok_runs']} run(s) failed; " + check
         cpu = r.get("cpu_us_per_record")
@@ -1432,6 +1441,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--role", choices=["ceiling", "tail"], help=argparse.SUPPRESS)
     p.add_argument("--bootstrap", help=argparse.SUPPRESS)
     p.add_argument("--topics", help=argparse.SUPPRESS)
+    p.add_argument("--decoder", choices=["fastavro", "compiled"], default="fastavro",
+                   help=argparse.SUPPRESS)
     p.add_argument("--count", type=int, help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
     p.add_argument("--timeout", type=float, default=600, help=argparse.SUPPRESS)
@@ -1485,6 +1496,9 @@ def main(argv: list[str] | None = None) -> int:
             log(f"=== round {r + 1} of {args.repeat}")
             if "ceiling" in only:
                 _safe(results, errors, "ceiling", run_ceiling, work, main_data.wire, f"ceiling-{r}")
+            if "ceiling-compiled" in only:
+                _safe(results, errors, "ceiling-compiled", run_ceiling, work, main_data.wire,
+                      f"ceiling-compiled-{r}", "compiled")
             for name, (procs, rec) in LIVE.items():
                 if name in only:
                     _safe(
