@@ -208,3 +208,25 @@ def test_values_the_fast_encoder_does_not_take_go_to_fastavro(field: str, value:
 def test_a_missing_field_names_it() -> None:
     with pytest.raises(KeyError, match="'sku'"):
         _avro.encode_availability({"channel": "c"})
+
+
+def test_without_the_compiled_module_the_codec_reads_and_writes_the_same(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An install without a C compiler: fastavro and the pure-Python encoder, same results."""
+    import schemas
+
+    rec = {"channel": "c", "sku": "s", "location": "ATL1", "available": 3, "previous": 1,
+           "version": 2, "as_of": 5, "source": "wms", "source_id": "T1",
+           "warehouses": [{"warehouse": "ATL1", "on_hand": 5, "on_hold": 0, "reserved": 2,
+                           "incoming": 0, "atp": 3, "erp_book": None, "drift": None}],
+           "base": 3, "share_pct": 100.0, "after_share": 3, "buffer_units": 0, "max_qty": 10,
+           "min_qty": 0, "include_incoming": False}
+    raw = codec("WmsInventoryTransaction").encode_generic(FLAT_EXAMPLE)
+    compiled = codec("WmsInventoryTransaction").decode(raw), codec("AvailabilityRecord").encode(rec)
+
+    monkeypatch.setattr(schemas, "_avro", None)
+    wms, avail = schemas.Codec("WmsInventoryTransaction"), schemas.Codec("AvailabilityRecord")
+    assert wms._plan is None and avail._fast is pure_encode
+    assert (wms.decode(raw), avail.encode(rec)) == compiled
+    assert compiled == (FLAT_EXAMPLE, avail.encode_generic(rec))
