@@ -70,13 +70,14 @@ def digest(value: bytes) -> bytes:
 # tests/test_decode.py proves it accepts exactly what pydantic accepts, with equal models.
 
 _set = object.__setattr__
-
-
 _NON_EMPTY = StringConstraints(min_length=1)
 
 
-def _quick_rules(model: type[BaseModel]) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
-    """(non-empty string fields, fields >= 1), or None if the model checks anything else."""
+_Rules = tuple[type[BaseModel], tuple[str, ...], tuple[str, ...]]
+
+
+def _quick_rules(model: type[BaseModel]) -> _Rules | None:
+    """(model, non-empty string fields, fields >= 1), or None if the model checks anything else."""
     codes, positive = [], []
     for name, info in model.model_fields.items():
         hint, rules = info.annotation, list(info.metadata)
@@ -88,7 +89,7 @@ def _quick_rules(model: type[BaseModel]) -> tuple[tuple[str, ...], tuple[str, ..
             return None
         elif not (hint in (str, int, Decimal, str | None) or get_origin(hint) is Literal):
             return None
-    return tuple(codes), tuple(positive)
+    return model, tuple(codes), tuple(positive)
 
 
 _QUICK = {schema: _quick_rules(model) for schema, model in MODELS.items()}
@@ -99,14 +100,13 @@ def quick_model(schema: str, fields: dict[str, Any]) -> BaseModel | None:
     rules = _QUICK[schema]
     if rules is None:
         return None
-    codes, positive = rules
+    model, codes, positive = rules
     for name in codes:
         if not fields[name]:
             return None
     for name in positive:
         if fields[name] < 1:
             return None
-    model = MODELS[schema]
     rec = model.__new__(model)
     _set(rec, "__dict__", fields)
     _set(rec, "__pydantic_fields_set__", set(fields))

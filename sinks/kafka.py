@@ -428,12 +428,10 @@ class _RawPartition(StatefulSourcePartition[RawRecord, int | None]):
                     break
                 msg_text = f"error consuming from Kafka topic `{topic!r}`: {err}"
                 raise RuntimeError(msg_text)
-            key, (ts_type, ts), headers = msg.key(), msg.timestamp(), msg.headers()
             last = msg.offset()
             batch.append(RawRecord(
-                topic, partition, last, None if key is None else _key_str(key), msg.value(),
-                None if ts_type == TIMESTAMP_NOT_AVAILABLE else ts,
-                _header_pairs(headers) if headers else (),
+                topic, partition, last, _key_str(msg.key()), msg.value(),
+                _timestamp(msg.timestamp()), _header_pairs(msg.headers()),
             ))
         if last is not None:
             inner._offset = last + 1  # resume after it, as the stock partition does
