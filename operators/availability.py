@@ -194,7 +194,6 @@ class Projector:
         resumed: bool = False,
     ) -> None:
         self.state = state
-        self.channels = channels
         self.targets = _targets(channels)
         self.version_clock = version_clock
         #: channel keys still owed their first result after a resume
