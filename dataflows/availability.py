@@ -12,25 +12,24 @@ from collections.abc import Sequence
 from typing import Any
 
 import bytewax.operators as op
-from bytewax.dataflow import Dataflow, Stream
+from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 from bytewax.outputs import Sink
 
 from dataflows.config import Config
 from operators.decode import Decoded
-from operators.normalise import stream_key
 from operators.records import DeadLetter, Reason, dead_letter
 from operators.steps import (
     Clock,
     Mode,
+    chunk,
     dead_letter_records,
-    decode_step,
     emit,
     emit_records,
-    normalise_step,
+    order_step,
     project_step,
     route_items_step,
-    sequence_step,
+    sort_step,
     split_dead,
 )
 
@@ -57,7 +56,7 @@ def build_availability_flow(
     clock: Clock = time.time,
     record_sinks: Sequence[tuple[str, Any]] = (),
 ) -> Dataflow:
-    """The availability graph between `source` (RawRecord) and `sink` (Output).
+    """The availability graph between `source` (RawRecord) and `sink` (Output chunks).
 
     `record_sinks` (name, sink) also get every availability record as `(key, record)`:
     the marketplace pushes and the Redis view in live mode.
@@ -68,18 +67,12 @@ def build_availability_flow(
     version_clock = None if mode == "replay" else (lambda: int(clock() * 1000))
 
     flow = Dataflow("availability")
-    raw = op.filter("own_topics", op.input("input", flow, source), lambda r: r.topic in mine)
-    decoded = decode_step("decode", raw, schemas)
-    split = op.branch("items_apart", decoded.oks, lambda d: d.raw.topic == topics.items)
-    items = split_dead("validate_items", op.map("check_item", split.trues, _validate_item))
-    ordered = sequence_step(
-        "sequence", split.falses, stream_key=stream_key, gap_timeout=config.gap_timeout,
-        max_buffered=config.max_buffered, max_clock_skew=config.max_clock_skew,
-        mode=mode, clock=clock,
-    )
+    sorted_ = sort_step("decode", op.input("input", flow, source), schemas, topics.items)
+    items = split_dead("validate_items", op.map("check_item", sorted_.items, _validate_item))
     updates = route_items_step("route_items", items.oks)
-    movements = normalise_step(
-        "normalise", ordered.oks, updates, stream_key=stream_key,
+    movements = order_step(
+        "order", sorted_.records, updates, gap_timeout=config.gap_timeout,
+        max_buffered=config.max_buffered, max_clock_skew=config.max_clock_skew,
         locations=config.locations, unknown_item_timeout=config.unknown_item_timeout,
         mode=mode, clock=clock,
     )
@@ -87,8 +80,8 @@ def build_availability_flow(
         "project", movements.oks, channels=config.channels,
         topic_of=topics.availability, version_clock=version_clock,
     )
-    dead: Stream[DeadLetter] = op.merge(
-        "dead", decoded.errs, items.errs, ordered.errs, movements.errs, projected.errs
+    dead = op.merge(
+        "dead", sorted_.errs, chunk("item_letters", items.errs), movements.errs, projected.errs
     )
     letters = dead_letter_records("dead_letter_records", dead, topics.dead_letter)
     emit("output", op.merge("all_out", projected.oks, letters), sink)

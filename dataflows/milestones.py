@@ -20,7 +20,7 @@ from bytewax.outputs import Sink
 from dataflows.config import Config
 from operators.milestone_steps import Clock, Mode, decode_inputs, dispatch_step, orders_step
 from operators.records import DeadLetter
-from operators.steps import dead_letter_records, emit, emit_records
+from operators.steps import chunk, dead_letter_records, emit, emit_records
 
 __all__ = ["build_milestones_flow", "input_topics"]
 
@@ -85,8 +85,9 @@ def build_milestones_flow(
     # ref.items is the availability flow's to dead-letter: one dead letter per input record.
     undecodable = op.filter("not_items", decoded.errs, lambda dl: dl.topic != topics.items)
     dead: Stream[DeadLetter] = op.merge("dead", undecodable, routed.errs, milestones.errs)
-    letters = dead_letter_records("dead_letter_records", dead, dead_topic)
-    emit("output", op.merge("all_out", milestones.oks, letters), sink)
+    letters = dead_letter_records("dead_letter_records", chunk("dead_chunks", dead), dead_topic)
+    records = chunk("chunks", milestones.oks)
+    emit("output", op.merge("all_out", records, letters), sink)
     # Channel fulfillment pushes (live): every milestone record; the sink acts on SHIPPED.
-    emit_records("side_outputs", milestones.oks, record_sinks)
+    emit_records("side_outputs", records, record_sinks)
     return flow

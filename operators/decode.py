@@ -49,8 +49,10 @@ class Decoded:
     rec: Any
     digest: bytes
     invalid: str | None = None
-    #: the sequencing key, set once the record is ordered (normalise re-keys by item code)
+    #: the sequencing key (source stream) and the normalising key (item code), set by the
+    #: availability flow's sort step
     stream: str = ""
+    code: str = ""
     #: id hash + payload digest, set by the sequencer (computed once per record)
     identity: bytes = b""
 

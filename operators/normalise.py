@@ -70,6 +70,9 @@ class Movement(NamedTuple):
     raw: RawRecord
 
 
+_tuple_new = tuple.__new__
+
+
 @dataclass(slots=True, frozen=True)
 class Unmap:
     """The item master moved `sku` off this code: forget the old mapping."""
@@ -80,13 +83,15 @@ class Unmap:
 def to_movement(d: Decoded, warehouse: str, item: ItemMaster) -> Movement | DeadLetter:
     """Units to base units and the quantity rules, in the contract's order."""
     rec = d.rec
-    rid = rec.record_id
-    if not item.active:
-        return dead_letter(d.raw, Reason.UNKNOWN_ITEM, f"sku {item.sku} is retired", rid)
+    # The models' fields, not their `record_id`/`seq`/... properties: once per applied record.
     if rec.source == "erp":
+        source, rid, seq, kind, event_time = "erp", rec.doc_id, rec.change_seq, rec.doc_type, rec.posted_at
         unit, qty_in = rec.unit, rec.quantity
     else:
+        source, rid, seq, kind, event_time = "wms", rec.txn_id, rec.seq, rec.txn_type, rec.event_time
         unit, qty_in = rec.uom, rec.qty
+    if not item.active:
+        return dead_letter(d.raw, Reason.UNKNOWN_ITEM, f"sku {item.sku} is retired", rid)
     factor = item.uom_factors.get(unit)
     if factor is None:
         units = ", ".join(sorted(item.uom_factors))
@@ -100,13 +105,14 @@ def to_movement(d: Decoded, warehouse: str, item: ItemMaster) -> Movement | Dead
         qty = int(base)
     else:
         qty = qty_in * factor
-    if (qty < 0 and rec.kind not in SIGNED_KINDS) or rec.source == "erp" and qty < 0:
-        detail = f"negative quantity {qty_in} is not allowed for {rec.kind}"
+    if (qty < 0 and kind not in SIGNED_KINDS) or source == "erp" and qty < 0:
+        detail = f"negative quantity {qty_in} is not allowed for {kind}"
         return dead_letter(d.raw, Reason.INVALID_QUANTITY, detail, rid)
     if abs(qty) > MAX_QTY:
         detail = f"quantity {qty} {item.base_uom} is over the limit of {MAX_QTY}"
         return dead_letter(d.raw, Reason.INVALID_QUANTITY, detail, rid)
-    return Movement(item.sku, warehouse, rec.source, rid, rec.seq, rec.kind, qty, rec.event_time, d.raw)
+    # tuple.__new__ skips the NamedTuple's Python-level __new__ (same object, ~0.2 us less).
+    return _tuple_new(Movement, (item.sku, warehouse, source, rid, seq, kind, qty, event_time, d.raw))
 
 
 @dataclass(slots=True)

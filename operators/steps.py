@@ -6,17 +6,23 @@ key and reads the clock once per batch; their state is a small dataclass
 snapshotted as is. Steps with two outputs return a frozen dataclass of
 streams, like Bytewax's own `KafkaOpOut(oks, errs)`.
 
+The availability flow moves *chunks* between its steps, not single records:
+a chunk is the records of one input batch bound for one shard of the next
+keyed step (`(shard, [records])`), a list of results (`[Output]`), or a
+`Letters` list of dead letters. Bytewax's cost per item (routing, exchange,
+a Python call per map or branch) is then paid per chunk, about 1/15th as
+often at full batches; the units still see one record at a time.
+
 Bytewax builds a key's logic from the resume state alone (it does not pass
 the key), so each state records its key from the first item it sees.
 """
 
 from __future__ import annotations
 
-import time
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -30,24 +36,37 @@ from operators import metrics
 from operators.availability import Projector, SkuState
 from operators.decode import Decoded, decode
 from operators.models import ItemMaster
-from operators.normalise import CodeState, ItemRouter, Movement, Normaliser, Unmap, code_key
+from operators.normalise import (
+    CodeState,
+    ItemRouter,
+    Movement,
+    Normaliser,
+    code_key,
+    stream_key,
+)
 from operators.records import DeadLetter, Output, RawRecord
 from operators.reference import Channels, Locations
 from operators.sequencing import Outcome, Sequencer, SequencerState
 
 __all__ = [
+    "SHARDS",
     "Clock",
     "DecodeOut",
+    "Letters",
     "Mode",
+    "OrderState",
+    "SortOut",
     "SplitOut",
+    "chunk",
     "dead_letter_records",
     "decode_step",
     "emit",
     "emit_records",
-    "normalise_step",
+    "order_step",
     "project_step",
     "route_items_step",
-    "sequence_step",
+    "shard_of",
+    "sort_step",
     "split_dead",
     "wake_at",
 ]
@@ -56,6 +75,7 @@ __all__ = [
 Clock = Callable[[], float]
 Mode = Literal["live", "replay"]
 RETAIN = StatefulBatchLogic.RETAIN
+_tuple_new = tuple.__new__
 
 
 def wake_at(deadline: float | None) -> datetime | None:
@@ -68,23 +88,46 @@ class SplitOut:
     """A step's results, and the dead letters it produced."""
 
     oks: Stream[Any]
-    errs: Stream[DeadLetter]
+    errs: Stream[Any]
 
 
 DecodeOut = SplitOut
 
 
+class Letters(list):  # type: ignore[type-arg]
+    """A chunk of dead letters: its own type, so that one branch tells it from results."""
+
+
+def _same(chunk: list[Any]) -> list[Any]:
+    return chunk
+
+
 @operator
-def emit(step_id: str, up: Stream[Output], sink: Any) -> None:
-    """Write outputs; a partitioned sink gets them keyed by record key (order per key)."""
+def chunk(step_id: str, up: Stream[Any]) -> Stream[list[Any]]:
+    """Each batch of `up` as one list (the shape `emit` and `dead_letter_records` take)."""
+    return op.flat_map_batch("chunk", up, lambda batch: [batch] if batch else [])
+
+
+@operator
+def emit(step_id: str, up: Stream[list[Output]], sink: Any) -> None:
+    """Write chunks of outputs; a partitioned sink gets them keyed by record key (order per key).
+
+    A sink with `group(outputs) -> [(route key, outputs)]` (the Kafka sink) takes a chunk as
+    one item per sink partition; any other sink gets the outputs one by one.
+    """
+    group = getattr(sink, "group", None)
+    if group is not None:
+        op.output("grouped", op.flat_map("group", up, group), sink)
+        return
+    flat = op.flat_map("flatten", up, _same)
     if isinstance(sink, FixedPartitionedSink):
-        op.output("partitioned", op.key_on("route", up, lambda o: o.key or ""), sink)
+        op.output("partitioned", op.key_on("route", flat, lambda o: o.key or ""), sink)
     else:
-        op.output("output", up, sink)
+        op.output("output", flat, sink)
 
 
 @operator
-def emit_records(step_id: str, up: Stream[Output], sinks: Sequence[tuple[str, Any]]) -> None:
+def emit_records(step_id: str, up: Stream[list[Output]], sinks: Sequence[tuple[str, Any]]) -> None:
     """Each output record's value, keyed by its record key, to every side sink.
 
     Side sinks (marketplace pushes, the Redis view) take `(key, record)` and route by
@@ -92,20 +135,21 @@ def emit_records(step_id: str, up: Stream[Output], sinks: Sequence[tuple[str, An
     """
     if not sinks:
         return
-    keyed = op.map("by_key", up, lambda o: (o.key or "", o.value))
+    keyed = op.flat_map("by_key", up, lambda outs: [(o.key or "", o.value) for o in outs])
     for name, sink in sinks:
         op.output(name, keyed, sink)
 
 
 @operator
-def dead_letter_records(step_id: str, up: Stream[DeadLetter], topic: str) -> Stream[Output]:
-    """Dead letters as records for the dead-letter topic, counted by reason."""
+def dead_letter_records(step_id: str, up: Stream[list[DeadLetter]], topic: str) -> Stream[list[Output]]:
+    """Chunks of dead letters as records for the dead-letter topic, counted by reason."""
 
-    def to_output(dl: DeadLetter) -> Output:
-        metrics.DEAD_LETTERS.labels(dl.reason).inc()
-        return Output(topic, dl.key, "DeadLetter", dl.as_avro())
+    def to_outputs(letters: list[DeadLetter]) -> list[Output]:
+        for reason, n in Counter(dl.reason for dl in letters).items():
+            metrics.DEAD_LETTERS.labels(reason).inc(n)
+        return [Output(topic, dl.key, "DeadLetter", dl.as_avro()) for dl in letters]
 
-    return op.map("to_output", up, to_output)
+    return op.map("to_outputs", up, to_outputs)
 
 
 @operator
@@ -115,8 +159,19 @@ def split_dead(step_id: str, up: Stream[Any]) -> SplitOut:
     return SplitOut(b.trues, b.falses)
 
 
+def _split_letters(step_id: str, up: Stream[Any]) -> SplitOut:
+    b = op.branch(step_id, up, lambda x: x.__class__ is not Letters)
+    return SplitOut(b.trues, b.falses)
+
+
 def _values(step_id: str, up: Stream[tuple[str, Any]]) -> Stream[Any]:
     return op.map(step_id, up, lambda kv: kv[1])
+
+
+def _count_in(raws: list[RawRecord], counted: frozenset[str] | None) -> None:
+    for topic, n in Counter(raw.topic for raw in raws).items():
+        if counted is None or topic in counted:
+            metrics.RECORDS_IN.labels(topic).inc(n)
 
 
 @operator
@@ -130,10 +185,7 @@ def decode_step(
     """
 
     def batch(raws: list[RawRecord]) -> list[Decoded | DeadLetter]:
-        counts = Counter(raw.topic for raw in raws)
-        for topic, n in counts.items():
-            if counted is None or topic in counted:
-                metrics.RECORDS_IN.labels(topic).inc(n)
+        _count_in(raws, counted)
         return [decode(raw, schemas[raw.topic]) for raw in raws]
 
     return split_dead("split", op.flat_map_batch("decode", up, batch))
@@ -145,201 +197,81 @@ def decode_step(
 #: a whole batch of a shard instead of one call per key (Bytewax's per-key overhead dominated
 #: with many keys). Changing it breaks resuming from existing recovery state.
 SHARDS = 64
+_SHARD_NAMES = [str(i) for i in range(SHARDS)]
 
 
 def shard_of(key: str) -> str:
     """Stable across processes and runs (unlike hash())."""
-    return str(zlib.crc32(key.encode()) % SHARDS)
+    return _SHARD_NAMES[zlib.crc32(key.encode()) % SHARDS]
 
 
-class _Shard(StatefulBatchLogic[Any, Any, dict[str, Any]]):
-    """Per-key states of one shard, with the earliest timer among them.
-
-    Each shard holds one instance of its unit (Sequencer, Normaliser, Projector) and
-    points it at a key's state before each call, rather than one instance per key:
-    with a million keys the instances alone would cost ~300 MB.
-
-    Subclasses say when a key next needs waking (`deadline`); `deadlines` only holds
-    keys with a pending timer, so the next wake-up stays cheap however many keys the
-    shard holds. Bytewax may wake a shard early or late: `on_notify` re-checks each
-    key's own deadline.
-    """
-
-    def __init__(self, states: dict[str, Any] | None, mode: Mode, clock: Clock) -> None:
-        self.states: dict[str, Any] = states if states is not None else {}
-        self.mode = mode
-        self.clock = clock
-        self.deadlines: dict[str, float] = {}
-        if mode == "live":
-            if self.states:
-                self.on_resume(clock())
-            for key in self.states:
-                self._track(key)
-
-    def deadline(self, key: str) -> float | None:
-        return None
-
-    def on_resume(self, now: float) -> None:
-        """Restored from a snapshot: restart open waits, which ran on the dead process's clock.
-
-        The records after the snapshot are read again after a restart; a wait that expired
-        while the process was down would otherwise skip them or dead-letter too early.
-        """
-
-    def _track(self, key: str) -> None:
-        if self.mode != "live":
-            return
-        when = self.deadline(key)
-        if when is None:
-            self.deadlines.pop(key, None)
+def _group(pairs: Iterable[tuple[str, Any]]) -> dict[str, list[Any]]:
+    groups: dict[str, list[Any]] = {}
+    for shard, x in pairs:
+        g = groups.get(shard)
+        if g is None:
+            groups[shard] = [x]
         else:
-            self.deadlines[key] = when
-
-    @override
-    def notify_at(self) -> datetime | None:
-        return wake_at(min(self.deadlines.values())) if self.deadlines else None
-
-    @override
-    def snapshot(self) -> dict[str, Any]:
-        return self.states
+            g.append(x)
+    return groups
 
 
-# -- sequencing -----------------------------------------------------------------------------
+# -- decode and sort ------------------------------------------------------------------------
 
 
-class _SequenceShard(_Shard):
-    def __init__(self, states: dict[str, SequencerState] | None,
-                 make: Callable[[SequencerState], Sequencer], gap_timeout: float,
-                 mode: Mode, clock: Clock) -> None:
-        self.seq = make(SequencerState())
-        self.gap_timeout = gap_timeout
-        super().__init__(states, mode, clock)
+@dataclass(frozen=True)
+class SortOut:
+    """Movement records by order shard, item-master records one by one, dead letters."""
 
-    @override
-    def on_resume(self, now: float) -> None:
-        gaps = 0
-        for st in self.states.values():
-            if st.gap_deadline is not None:
-                st.gap_deadline = max(st.gap_deadline, now + self.gap_timeout)
-                gaps += 1
-        # The gauges count what this process holds: restored buffers included.
-        metrics.REORDER_BUFFERED.inc(sum(len(st.buffer or ()) for st in self.states.values()))
-        metrics.OPEN_GAPS.inc(gaps)
-
-    def _seq(self, key: str) -> Sequencer:
-        state = self.states.get(key)
-        if state is None:
-            state = self.states[key] = SequencerState()
-        self.seq.state = state
-        return self.seq
-
-    @override
-    def deadline(self, key: str) -> float | None:
-        return self.states[key].gap_deadline
-
-    @override
-    def on_batch(self, values: list[Decoded]) -> tuple[Iterable[Any], bool]:
-        # Per record, with `_seq` and `_track` inlined: this loop runs once per input record.
-        now = self.clock()
-        out = Outcome()
-        buffered = gaps_open = 0
-        dup_sources: Counter[str] = Counter()
-        seq, states, deadlines, live = self.seq, self.states, self.deadlines, self.mode == "live"
-        for d in values:
-            key = d.stream
-            state = states.get(key)
-            if state is None:
-                state = states[key] = SequencerState()
-            seq.state = state
-            buf, had_gap = state.buffer, state.gap_deadline is not None
-            before_buf = len(buf) if buf else 0
-            dups = out.duplicates
-            seq.on_record(d, now, out)
-            if out.duplicates != dups:
-                dup_sources[d.rec.source] += out.duplicates - dups
-            buf, gap = state.buffer, state.gap_deadline
-            if buf or before_buf:
-                buffered += (len(buf) if buf else 0) - before_buf
-            gaps_open += (gap is not None) - had_gap
-            if live:
-                if gap is None:
-                    if deadlines:
-                        deadlines.pop(key, None)
-                else:
-                    deadlines[key] = gap
-        for source, n in dup_sources.items():
-            metrics.DUPLICATES.labels(source).inc(n)
-        return self._finish(out, buffered, gaps_open), RETAIN
-
-    def _finish(self, out: Outcome, buffered: int, gaps_open: int) -> list[Any]:
-        if buffered:
-            metrics.REORDER_BUFFERED.inc(buffered)
-        if gaps_open:
-            metrics.OPEN_GAPS.inc(gaps_open)
-        for dl in out.dead:
-            if dl.gap is not None:
-                metrics.GAP_SKIPS.labels(dl.gap["stream"].split("|", 1)[0]).inc()
-        return [*out.ordered, *out.dead]
-
-    def _skip(self, keys: list[str], now: float | None) -> list[Any]:
-        out = Outcome()
-        buffered = gaps_open = 0
-        for key in keys:
-            seq = self._seq(key)
-            before_buf, before_gap = seq.buffered, seq.state.gap_deadline is not None
-            if now is None:
-                seq.skip(out)
-            else:
-                seq.on_time(now, out)
-            buffered += seq.buffered - before_buf
-            gaps_open += (seq.state.gap_deadline is not None) - before_gap
-            self._track(key)
-        return self._finish(out, buffered, gaps_open)
-
-    @override
-    def on_notify(self) -> tuple[Iterable[Any], bool]:
-        now = self.clock()
-        due = [k for k, t in self.deadlines.items() if t <= now]
-        return self._skip(due, now), RETAIN
-
-    @override
-    def on_eof(self) -> tuple[Iterable[Any], bool]:
-        if self.mode != "replay":  # live state stays put for the next run to resume
-            return [], RETAIN
-        return self._skip([k for k, st in self.states.items() if st.buffer], None), RETAIN
+    records: Stream[tuple[str, list[Decoded]]]
+    items: Stream[Decoded]
+    errs: Stream[Letters]
 
 
 @operator
-def sequence_step(
-    step_id: str,
-    up: Stream[Decoded],
-    *,
-    stream_key: Callable[[Any], str],
-    gap_timeout: float,
-    max_buffered: int,
-    max_clock_skew: float,
-    mode: Mode,
-    clock: Clock,
-) -> SplitOut:
-    """Dedup and reorder per source stream; `oks` are records in sequence order."""
+def sort_step(step_id: str, up: Stream[RawRecord], schemas: dict[str, str], items_topic: str) -> SortOut:
+    """Decode each batch and sort it: movement records into chunks per shard of their item code.
 
-    def key(d: Decoded) -> str:
-        d.stream = stream_key(d.rec)
-        return shard_of(d.stream)
+    Records of other topics are dropped (a source may read more than this flow needs). Every
+    record of a stream names the same item code, so a stream's records stay in one chunk per
+    batch, in order, and reach one shard of the order step.
+    """
 
-    keyed = op.key_on("key_stream", up, key)
+    def sort(raws: list[RawRecord]) -> list[Any]:
+        _count_in(raws, None)
+        groups: dict[str, list[Decoded]] = {}
+        dead = Letters()
+        items: list[Any] = []
+        for raw in raws:
+            schema = schemas.get(raw.topic)
+            if schema is None:
+                continue
+            d = decode(raw, schema)
+            if d.__class__ is not Decoded:
+                dead.append(d)
+            elif raw.topic == items_topic:
+                items.append(d)
+            else:
+                rec = d.rec  # type: ignore[union-attr]
+                d.stream, d.code = stream_key(rec), code_key(rec)  # type: ignore[union-attr]
+                shard = shard_of(d.code)  # type: ignore[union-attr]
+                g = groups.get(shard)
+                if g is None:
+                    groups[shard] = [d]  # type: ignore[list-item]
+                else:
+                    g.append(d)  # type: ignore[arg-type]
+        out: list[Any] = list(groups.items())
+        if dead:
+            out.append(dead)
+        return out + items
 
-    def make(state: SequencerState) -> Sequencer:
-        return Sequencer(state, gap_timeout=gap_timeout, max_buffered=max_buffered,
-                         max_clock_skew=max_clock_skew, stream_key=stream_key)
-
-    def build(resume: dict[str, SequencerState] | None) -> _SequenceShard:
-        return _SequenceShard(resume, make, gap_timeout, mode, clock)
-
-    return split_dead("split", _values("values", op.stateful_batch("sequence", keyed, build)))
+    sorted_ = op.flat_map_batch("sort", up, sort)
+    keyed = op.branch("is_keyed", sorted_, lambda x: x.__class__ is tuple)
+    rest = op.branch("is_item", keyed.falses, lambda x: x.__class__ is Decoded)
+    return SortOut(keyed.trues, rest.trues, rest.falses)
 
 
-# -- item master + normalise ----------------------------------------------------------------
+# -- item master ----------------------------------------------------------------------------
 
 
 class _RouterLogic(StatefulBatchLogic[ItemMaster, Any, ItemMaster]):
@@ -361,129 +293,279 @@ class _RouterLogic(StatefulBatchLogic[ItemMaster, Any, ItemMaster]):
 
 
 @operator
-def route_items_step(step_id: str, up: Stream[Decoded]) -> Stream[tuple[str, ItemMaster | Unmap]]:
-    """Item-master records (keyed by sku) to updates keyed by WMS item / ERP material code."""
+def route_items_step(step_id: str, up: Stream[Decoded]) -> Stream[tuple[str, list[Any]]]:
+    """Item-master records (keyed by sku) to `(code, update)` chunks for the order step's shards."""
     keyed = op.key_on("key_sku", op.map("rec", up, lambda d: d.rec), lambda im: im.sku)
-    return _values("values", op.stateful_batch("route", keyed, _RouterLogic))
+    updates = _values("values", op.stateful_batch("route", keyed, _RouterLogic))
+    return op.map("shard", updates, lambda u: (shard_of(u[0]), [u]))
 
 
-class _NormaliseShard(_Shard):
-    def __init__(self, states: dict[str, CodeState] | None, locations: Locations, timeout: float,
+# -- sequence + normalise -------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class OrderState:
+    """One shard of the order step: its streams' sequencing and its item codes' look-ups."""
+
+    #: stream key -> dedup and reorder state
+    streams: dict[str, SequencerState] = field(default_factory=dict)
+    #: item code -> item-master entry and parked streams
+    codes: dict[str, CodeState] = field(default_factory=dict)
+
+
+class _OrderShard(StatefulBatchLogic[list[Any], Any, OrderState]):
+    """Dedup and reorder per stream, then normalise per item code, in one call per chunk.
+
+    Fused because they need no re-keying: every record of a stream names the same item
+    code, so a shard of item codes holds whole streams. Each record the sequencer releases
+    goes straight to the normaliser. `gaps` and `parks` only hold streams and codes with a
+    pending timer, so the next wake-up stays cheap however many the shard holds; Bytewax may
+    wake the shard early or late, so `on_notify` re-checks each deadline.
+    """
+
+    def __init__(self, state: OrderState | None, seq: Sequencer, norm: Normaliser,
                  mode: Mode, clock: Clock) -> None:
-        self.norm = Normaliser(CodeState(), locations, timeout)
-        super().__init__(states, mode, clock)
+        self.state = state if state is not None else OrderState()
+        self.seq, self.norm = seq, norm
+        self.mode, self.clock = mode, clock
+        self.gaps: dict[str, float] = {}
+        self.parks: dict[str, float] = {}
+        if mode == "live" and state is not None:
+            self._on_resume(clock())
+            for stream, st in self.state.streams.items():
+                if st.gap_deadline is not None:
+                    self.gaps[stream] = st.gap_deadline
+            for code in self.state.codes:
+                self._track_code(code)
 
-    def _norm(self, key: str) -> Normaliser:
-        state = self.states.get(key)
-        if state is None:
-            state = self.states[key] = CodeState()
-        self.norm.state = state
-        return self.norm
+    def _on_resume(self, now: float) -> None:
+        """Restored from a snapshot: restart open waits, which ran on the dead process's clock.
 
-    @override
-    def deadline(self, key: str) -> float | None:
-        return self._norm(key).next_deadline()
-
-    @override
-    def on_resume(self, now: float) -> None:
-        parked = 0
-        for st in self.states.values():
-            parked += sum(len(records) for records in st.parked.values())
-            for stream, since in st.parked_since.items():
-                st.parked_since[stream] = max(since, now)
+        The records after the snapshot are read again after a restart; a wait that expired
+        while the process was down would otherwise skip them or dead-letter too early.
+        """
+        gaps = buffered = parked = 0
+        for st in self.state.streams.values():
+            if st.gap_deadline is not None:
+                st.gap_deadline = max(st.gap_deadline, now + self.seq.gap_timeout)
+                gaps += 1
+            buffered += len(st.buffer or ())
+        for cs in self.state.codes.values():
+            parked += sum(len(records) for records in cs.parked.values())
+            for stream, since in cs.parked_since.items():
+                cs.parked_since[stream] = max(since, now)
+        # The gauges count what this process holds: restored buffers included.
+        metrics.REORDER_BUFFERED.inc(buffered)
+        metrics.OPEN_GAPS.inc(gaps)
         metrics.PARKED_RECORDS.inc(parked)
 
-    @override
-    def on_batch(self, values: list[tuple[str, Any]]) -> tuple[Iterable[Any], bool]:
-        now = self.clock()
-        out: list[Any] = []
+    def _track_code(self, code: str) -> None:
+        if self.mode != "live":
+            return
+        self.norm.state = self.state.codes[code]
+        when = self.norm.next_deadline()
+        if when is None:
+            self.parks.pop(code, None)
+        else:
+            self.parks[code] = when
+
+    def _code(self, code: str) -> Normaliser:
+        codes = self.state.codes
+        cs = codes.get(code)
+        if cs is None:
+            cs = codes[code] = CodeState()
+        self.norm.state = cs
+        return self.norm
+
+    def _normalise(self, ordered: list[Decoded], now: float, results: list[Any]) -> int:
+        """The normaliser's results for released records; returns the change in parked records."""
         parked = 0
-        for key, v in values:
-            norm = self._norm(key)
+        for d in ordered:
+            norm = self._code(d.code)
             st = norm.state
-            if isinstance(v, Decoded) and st.item is not None and not st.parked:
-                # The common case: a record parks only behind an unknown item or parked records,
-                # so nothing is parked after it either, and there is no wait to track.
-                out += norm.on_record(v, v.stream, now)
+            if st.item is not None and not st.parked:
+                # The common case: a record parks only behind an unknown item or parked
+                # records, so nothing is parked after it either, and there is no wait to track.
+                results += norm.on_record(d, d.stream, now)
                 continue
             before = norm.parked_count
-            if isinstance(v, Decoded):
-                out += norm.on_record(v, v.stream, now)
-            else:
-                out += norm.on_item(v)
+            results += norm.on_record(d, d.stream, now)
             parked += norm.parked_count - before
-            self._track(key)
-        if parked:
-            metrics.PARKED_RECORDS.inc(parked)
-        return out, RETAIN
+            self._track_code(d.code)
+        ordered.clear()
+        return parked
 
-    def _expire(self, keys: list[str], now: float | None) -> list[Any]:
-        out: list[Any] = []
-        parked = 0
-        for key in keys:
-            norm = self._norm(key)
-            before = norm.parked_count
-            out += norm.expire(now)
-            parked += norm.parked_count - before
-            self._track(key)
+    @override
+    def on_batch(self, values: list[list[Any]]) -> tuple[Iterable[Any], bool]:
+        # Per record, with the sequencer's bookkeeping inlined: this loop runs once per input record.
+        now = self.clock()
+        out = Outcome()
+        results: list[Any] = []
+        buffered = gaps_open = parked = 0
+        dup_sources: Counter[str] = Counter()
+        seq, streams, gaps, live = self.seq, self.state.streams, self.gaps, self.mode == "live"
+        for chunk_ in values:
+            for d in chunk_:
+                if d.__class__ is not Decoded:  # an item-master update for a code
+                    code, update = d
+                    norm = self._code(code)
+                    before = norm.parked_count
+                    results += norm.on_item(update)
+                    parked += norm.parked_count - before
+                    self._track_code(code)
+                    continue
+                key = d.stream
+                state = streams.get(key)
+                if state is None:
+                    state = streams[key] = SequencerState()
+                seq.state = state
+                buf, had_gap = state.buffer, state.gap_deadline is not None
+                before_buf = len(buf) if buf else 0
+                dups = out.duplicates
+                seq.on_record(d, now, out)
+                if out.duplicates != dups:
+                    dup_sources[d.rec.source] += out.duplicates - dups
+                buf, gap = state.buffer, state.gap_deadline
+                if buf or before_buf:
+                    buffered += (len(buf) if buf else 0) - before_buf
+                gaps_open += (gap is not None) - had_gap
+                if live:
+                    if gap is None:
+                        if gaps:
+                            gaps.pop(key, None)
+                    else:
+                        gaps[key] = gap
+                if out.ordered:
+                    parked += self._normalise(out.ordered, now, results)
+        for source, n in dup_sources.items():
+            metrics.DUPLICATES.labels(source).inc(n)
+        return self._finish(out, results, buffered, gaps_open, parked), RETAIN
+
+    def _finish(self, out: Outcome, results: list[Any], buffered: int, gaps_open: int,
+                parked: int) -> list[Any]:
+        """Results as movement chunks per shard of their sku, and one chunk of dead letters."""
+        if buffered:
+            metrics.REORDER_BUFFERED.inc(buffered)
+        if gaps_open:
+            metrics.OPEN_GAPS.inc(gaps_open)
         if parked:
             metrics.PARKED_RECORDS.inc(parked)
-        return out
+        dead = Letters(out.dead)
+        for dl in out.dead:
+            if dl.gap is not None:
+                metrics.GAP_SKIPS.labels(dl.gap["stream"].split("|", 1)[0]).inc()
+        movements = []
+        for r in results:
+            if r.__class__ is Movement:
+                movements.append((shard_of(r.sku), r))
+            else:
+                dead.append(r)
+        chunks: list[Any] = list(_group(movements).items())
+        if dead:
+            chunks.append(dead)
+        return chunks
+
+    def _settle(self, streams: list[str], codes: Callable[[], list[str]], now: float | None
+                ) -> list[Any]:
+        """Skip the gaps of `streams` (due at `now`; None: all, at end of replay), normalise
+        what they release, then expire the parked records of `codes()`."""
+        out = Outcome()
+        results: list[Any] = []
+        buffered = gaps_open = parked = 0
+        for stream in streams:
+            st = self.seq.state = self.state.streams[stream]
+            before_buf, before_gap = self.seq.buffered, st.gap_deadline is not None
+            if now is None:
+                self.seq.skip(out)
+            else:
+                self.seq.on_time(now, out)
+            buffered += self.seq.buffered - before_buf
+            gaps_open += (st.gap_deadline is not None) - before_gap
+            if self.mode == "live":
+                if st.gap_deadline is None:
+                    self.gaps.pop(stream, None)
+                else:
+                    self.gaps[stream] = st.gap_deadline
+            if out.ordered:
+                parked += self._normalise(out.ordered, self.clock() if now is None else now, results)
+        for code in codes():
+            norm = self._code(code)
+            before = norm.parked_count
+            results += norm.expire(now)
+            parked += norm.parked_count - before
+            self._track_code(code)
+        return self._finish(out, results, buffered, gaps_open, parked)
 
     @override
     def on_notify(self) -> tuple[Iterable[Any], bool]:
         now = self.clock()
-        return self._expire([k for k, t in self.deadlines.items() if t <= now], now), RETAIN
+        due = [s for s, t in self.gaps.items() if t <= now]
+        return self._settle(due, lambda: [c for c, t in self.parks.items() if t <= now], now), RETAIN
 
     @override
     def on_eof(self) -> tuple[Iterable[Any], bool]:
-        if self.mode != "replay":
+        if self.mode != "replay":  # live state stays put for the next run to resume
             return [], RETAIN
-        return self._expire([k for k, st in self.states.items() if st.parked], None), RETAIN
+        streams = [s for s, st in self.state.streams.items() if st.buffer]
+        return self._settle(streams, lambda: [c for c, cs in self.state.codes.items() if cs.parked],
+                            None), RETAIN
+
+    @override
+    def notify_at(self) -> datetime | None:
+        if not self.gaps and not self.parks:
+            return None
+        return wake_at(min(min(self.gaps.values(), default=float("inf")),
+                           min(self.parks.values(), default=float("inf"))))
+
+    @override
+    def snapshot(self) -> OrderState:
+        return self.state
 
 
 @operator
-def normalise_step(
+def order_step(
     step_id: str,
-    ordered: Stream[Decoded],
-    item_updates: Stream[tuple[str, ItemMaster | Unmap]],
+    records: Stream[tuple[str, list[Decoded]]],
+    item_updates: Stream[tuple[str, list[Any]]],
     *,
-    stream_key: Callable[[Any], str],
+    gap_timeout: float,
+    max_buffered: int,
+    max_clock_skew: float,
     locations: Locations,
     unknown_item_timeout: float,
     mode: Mode,
     clock: Clock,
 ) -> SplitOut:
-    """Locations, item master, units: ordered records to movements (or park them)."""
-    def tag(d: Decoded) -> tuple[str, tuple[str, Decoded]]:
-        code = code_key(d.rec)
-        return shard_of(code), (code, d)
+    """Dedup and reorder per source stream, then locations, item master, units per item code.
 
-    records = op.map("tag", ordered, tag)
-    updates = op.map("shard_updates", item_updates, lambda kv: (shard_of(kv[0]), kv))
-    merged = op.merge("merge", records, updates)
+    `oks` are `(shard, [Movement])` chunks for the project step; `errs` are `Letters`.
+    """
 
-    def build(resume: dict[str, CodeState] | None) -> _NormaliseShard:
-        return _NormaliseShard(resume, locations, unknown_item_timeout, mode, clock)
+    def build(resume: OrderState | None) -> _OrderShard:
+        seq = Sequencer(SequencerState(), gap_timeout=gap_timeout, max_buffered=max_buffered,
+                        max_clock_skew=max_clock_skew, stream_key=stream_key)
+        return _OrderShard(resume, seq, Normaliser(CodeState(), locations, unknown_item_timeout),
+                           mode, clock)
 
-    return split_dead("split", _values("values", op.stateful_batch("normalise", merged, build)))
+    merged = op.merge("merge", records, item_updates)
+    return _split_letters("split", _values("values", op.stateful_batch("order", merged, build)))
 
 
 # -- ATP + channel projection ---------------------------------------------------------------
 
 
-class _ProjectShard(_Shard):
+class _ProjectShard(StatefulBatchLogic[list[Movement], Any, dict[str, SkuState]]):
     def __init__(
         self, states: dict[str, SkuState] | None, channels: Channels, topic_of: Callable[[str], str],
         version_clock: Callable[[], int] | None,
     ) -> None:
+        self.states: dict[str, SkuState] = states if states is not None else {}
         #: skus restored from a snapshot not yet seen: their first results are emitted even if
         #: unchanged; `forced` holds the channel keys still owed, per sku
-        self.resumed = set(states or ())
+        self.resumed = set(self.states)
         self.forced: dict[str, set[Any]] = {}
         self.topics = {c.id: topic_of(c.id) for c in channels.channels}
         self.projector = Projector(SkuState(), channels, version_clock)
-        super().__init__(states, "replay", time.time)  # no timers here
 
     def _projector(self, sku: str) -> Projector:
         p = self.projector
@@ -498,52 +580,67 @@ class _ProjectShard(_Shard):
         return p
 
     @override
-    def on_batch(self, values: list[Movement]) -> tuple[Iterable[Any], bool]:
-        out: list[Any] = []
+    def on_batch(self, values: list[list[Movement]]) -> tuple[Iterable[Any], bool]:
+        out: list[Output] = []
+        late = Letters()
         applied: Counter[str] = Counter()
         duplicates: Counter[str] = Counter()
-        for m in values:
-            projector = self._projector(m.sku)
-            result = projector.on_movement(m)
-            if projector.force is not None and not projector.force:
-                del self.forced[m.sku]
-            if result.duplicate:
-                duplicates[m.source] += 1
-                continue
-            if result.late is not None:
-                out.append(result.late)
-                continue
-            applied[m.source] += 1
-            if result.records:
-                sku, topics, ts = m.sku, self.topics, m.raw.timestamp
-                for r in result.records:
-                    loc = r["location"]
-                    out.append(Output(topics[r["channel"]], sku if loc is None else f"{sku}|{loc}",
-                                      "AvailabilityRecord", r, ts, m.event_time, m.source))
-            if m.kind == "STOCK_SNAPSHOT":
-                drift = projector.state.cells[m.warehouse].drift
-                if drift is not None:
-                    metrics.ATP_DRIFT.observe(drift)
+        for movements in values:
+            for m in movements:
+                projector = self._projector(m.sku)
+                result = projector.on_movement(m)
+                if projector.force is not None and not projector.force:
+                    del self.forced[m.sku]
+                if result.duplicate:
+                    duplicates[m.source] += 1
+                    continue
+                if result.late is not None:
+                    late.append(result.late)
+                    continue
+                applied[m.source] += 1
+                if result.records:
+                    sku, topics, ts = m.sku, self.topics, m.raw.timestamp
+                    for r in result.records:
+                        loc = r["location"]
+                        # tuple.__new__: an Output without its NamedTuple's Python-level __new__
+                        out.append(_tuple_new(Output, (
+                            topics[r["channel"]], sku if loc is None else f"{sku}|{loc}",
+                            "AvailabilityRecord", r, ts, m.event_time, m.source)))
+                if m.kind == "STOCK_SNAPSHOT":
+                    drift = projector.state.cells[m.warehouse].drift
+                    if drift is not None:
+                        metrics.ATP_DRIFT.observe(drift)
         for source, n in applied.items():
             metrics.RECORDS_APPLIED.labels(source).inc(n)
         for source, n in duplicates.items():
             metrics.DUPLICATES.labels(source).inc(n)
-        return out, RETAIN
+        chunks: list[Any] = []
+        if out:
+            chunks.append(out)
+        if late:
+            chunks.append(late)
+        return chunks, RETAIN
+
+    @override
+    def snapshot(self) -> dict[str, SkuState]:
+        return self.states
 
 
 @operator
 def project_step(
     step_id: str,
-    movements: Stream[Movement],
+    movements: Stream[tuple[str, list[Movement]]],
     *,
     channels: Channels,
     topic_of: Callable[[str], str],
     version_clock: Callable[[], int] | None,
 ) -> SplitOut:
-    """Per sku: apply movements to ATP cells, emit changed channel availability."""
-    keyed = op.key_on("key_sku", movements, lambda m: shard_of(m.sku))
+    """Per sku: apply movements to ATP cells, emit changed channel availability.
+
+    Takes `(shard of sku, [Movement])` chunks; `oks` are `[Output]` chunks, `errs` `Letters`.
+    """
 
     def build(resume: dict[str, SkuState] | None) -> _ProjectShard:
         return _ProjectShard(resume, channels, topic_of, version_clock)
 
-    return split_dead("split", _values("values", op.stateful_batch("project", keyed, build)))
+    return _split_letters("split", _values("values", op.stateful_batch("project", movements, build)))

@@ -42,10 +42,12 @@ import logging
 import threading
 import time
 from bisect import bisect_left
+from collections import Counter
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
+from operator import attrgetter
 from typing import Any
 
 from bytewax import operators as op
@@ -70,6 +72,8 @@ from dataflows.config import Config, KafkaConfig
 from operators import metrics
 from operators.records import Output, RawRecord
 from schemas import codec
+
+_tuple_new = tuple.__new__
 
 __all__ = [
     "BrokerUnavailable",
@@ -429,10 +433,11 @@ class _RawPartition(StatefulSourcePartition[RawRecord, int | None]):
                 msg_text = f"error consuming from Kafka topic `{topic!r}`: {err}"
                 raise RuntimeError(msg_text)
             last = msg.offset()
-            batch.append(RawRecord(
+            # tuple.__new__: a RawRecord without its NamedTuple's Python-level __new__
+            batch.append(_tuple_new(RawRecord, (
                 topic, partition, last, _key_str(msg.key()), msg.value(),
                 _timestamp(msg.timestamp()), _header_pairs(msg.headers()),
-            ))
+            )))
         if last is not None:
             inner._offset = last + 1  # resume after it, as the stock partition does
         return batch
@@ -637,7 +642,12 @@ class CheckedProducer:
 
     def send_plain(self, topic: str, key: str | None, value: bytes | None) -> None:
         """`send` with no headers, timestamp or callback of its own: the sinks' hot path."""
-        kbytes, partition = self._route(topic, key)
+        if key is None:
+            kbytes, partition = None, -1
+        else:  # `_route`, inlined
+            kbytes = key.encode("utf-8")
+            n = self._partitions.get(topic) or self.partition_count(topic)
+            partition = _positive_hash(kbytes) % n
         try:
             self._producer.produce(topic, value, kbytes, partition, self._on_delivery)
         except BufferError:
@@ -682,27 +692,33 @@ _input_latency = lru_cache(maxsize=None)(metrics.INPUT_TO_OUTPUT_LATENCY.labels)
 _event_time_latency = lru_cache(maxsize=None)(metrics.EVENT_TIME_TO_OUTPUT_LATENCY.labels)
 
 
-def _observe_many(histogram: Any, values: list[float]) -> None:
-    """`observe()` every value, with one bucket increment per bucket rather than per value.
+def _observe_many(histogram: Any, now_ms: float, stamps: Counter[int]) -> None:
+    """`observe((now_ms - ts) / 1000)` for every stamp, counted: once per distinct stamp.
 
-    prometheus-client has no bulk observe: this uses the child's `_upper_bounds`,
-    `_buckets` and `_sum` (stable since 0.4; 0.26 here), exactly as its `observe()`
-    does (a value goes to the first bucket whose bound is >= it; the last is +Inf).
-    Falls back to `observe()` per value if those ever change.
+    Stamps repeat (a batch's records share broker milliseconds; an input's outputs share its
+    stamps), so this costs a bisect per distinct stamp and one bucket increment per bucket.
+    prometheus-client has no bulk observe: this uses the child's `_upper_bounds`, `_buckets`
+    and `_sum` (stable since 0.4; 0.26 here), exactly as its `observe()` does (a value goes
+    to the first bucket whose bound is >= it; the last is +Inf). Falls back to `observe()`
+    per value if those ever change.
     """
     try:
         bounds, buckets, total = histogram._upper_bounds, histogram._buckets, histogram._sum
     except AttributeError:
-        for v in values:
-            histogram.observe(v)
+        for ts, n in stamps.items():
+            for _ in range(n):
+                histogram.observe((now_ms - ts) / 1000)
         return
     counts = [0] * len(bounds)
-    for v in values:
-        counts[bisect_left(bounds, v)] += 1
+    seconds = 0.0
+    for ts, n in stamps.items():
+        v = (now_ms - ts) / 1000
+        counts[bisect_left(bounds, v)] += n
+        seconds += v * n
     for i, n in enumerate(counts):
         if n:
             buckets[i].inc(n)
-    total.inc(sum(values))
+    total.inc(seconds)
 
 
 _newest_lock = threading.Lock()
@@ -741,48 +757,67 @@ def _source_of(out: Output) -> str | None:
 def _observe_written(values: list[Output]) -> None:
     """Metrics of a batch the cluster acknowledged: counts, latencies, event-time lag.
 
-    One pass collecting timestamps, then one counter increment and one bulk
-    histogram observation per topic: a few attribute reads per record.
+    Per topic, C-level counting of the records' stamps, then one counter increment and
+    one bulk histogram observation: no Python-level work per record.
     """
     now_ms = time.time() * 1000
-    counts: dict[str, int] = {}
-    input_ts: dict[str, list[int]] = {}
-    event_ts: dict[str, list[int]] = {}
-    newest: dict[str, int] = {}
+    by_topic: dict[str, list[Output]] = {}
     for out in values:
-        topic = out.topic
-        counts[topic] = counts.get(topic, 0) + 1
-        if out.input_ts is not None:
-            input_ts.setdefault(topic, []).append(out.input_ts)
-        et = out.event_time
-        if et is not None:
-            event_ts.setdefault(topic, []).append(et)
-            source = _source_of(out)
-            if source is not None and et > newest.get(source, -1):
-                newest[source] = et
-    for topic, n in counts.items():
-        _records_out(topic).inc(n)
-    for topic, stamps in input_ts.items():
-        _observe_many(_input_latency(topic), [(now_ms - ts) / 1000 for ts in stamps])
-    for topic, stamps in event_ts.items():
-        _observe_many(_event_time_latency(topic), [(now_ms - ts) / 1000 for ts in stamps])
+        outs = by_topic.get(out.topic)
+        if outs is None:
+            by_topic[out.topic] = [out]
+        else:
+            outs.append(out)
+    newest: dict[str, int] = {}
+    for topic, outs in by_topic.items():
+        _records_out(topic).inc(len(outs))
+        stamps = Counter(map(_input_ts, outs))
+        stamps.pop(None, None)
+        if stamps:
+            _observe_many(_input_latency(topic), now_ms, stamps)
+        events = Counter(map(_source_event, outs))
+        events.pop(None, None)
+        if events:
+            per_time: Counter[int] = Counter()
+            for (source, et), n in events.items():
+                per_time[et] += n
+                if source is not None and et > newest.get(source, -1):
+                    newest[source] = et
+            _observe_many(_event_time_latency(topic), now_ms, per_time)
     if newest:
         _note_newest(newest)
 
 
-class _OutputPartition(StatefulSinkPartition[Output, None]):
+_input_ts = attrgetter("input_ts")
+
+
+def _source_event(out: Output) -> tuple[str | None, int] | None:
+    et = out.event_time
+    return None if et is None else (out.source or _source_of(out), et)
+
+
+class _OutputPartition(StatefulSinkPartition[list[Output], None]):
     def __init__(self, producer: CheckedProducer) -> None:
         self._producer = producer
 
-    def write_batch(self, values: list[Output]) -> None:
+    def write_batch(self, values: list[list[Output]]) -> None:
         send = self._producer.send_plain
-        for out in values:
-            value = codec(out.schema).encode(out.value) if out.value is not None else None
-            send(out.topic, out.key, value)
+        encoders: dict[str, Callable[[Any], bytes]] = {}
+        written = []
+        for outs in values:
+            for out in outs:
+                value = out.value
+                if value is not None:
+                    encode = encoders.get(out.schema)
+                    if encode is None:
+                        encode = encoders[out.schema] = codec(out.schema).encode
+                    value = encode(value)
+                send(out.topic, out.key, value)
+            written += outs
         # The batch counts as written only once the cluster has it: a failure
         # raises here, the dataflow stops, and recovery replays the batch.
         self._producer.flush()
-        _observe_written(values)
+        _observe_written(written)
 
     def snapshot(self) -> None:
         # Nothing to resume: outputs after the last snapshot are re-sent, and
@@ -793,14 +828,14 @@ class _OutputPartition(StatefulSinkPartition[Output, None]):
         self._producer.close()
 
 
-class KafkaOutputSink(FixedPartitionedSink[Output, None]):
+class KafkaOutputSink(FixedPartitionedSink[list[Output], None]):
     """Writes `Output`s: Avro-encoded, keyed, murmur2-partitioned, delivery-checked.
 
-    Items are `(route_key, Output)`; use `kafka_output()` which keys them by
-    `Output.key`, so all records of a key go to one sink partition (one worker,
-    one producer) and stay in order. `parts` sink partitions spread the writing
-    over workers (default: `kafka.partitions`); each owns one producer and
-    flushes once per batch.
+    Items are `(route_key, [Output])` as `group()` makes them, one per sink partition
+    that a batch of outputs goes to: all records of a key go to one sink partition
+    (one worker, one producer) and stay in order. `kafka_output()` writes a stream
+    of single `Output`s. `parts` sink partitions spread the writing over workers
+    (default: `kafka.partitions`); each owns one producer and flushes once per batch.
     """
 
     def __init__(
@@ -843,14 +878,28 @@ class KafkaOutputSink(FixedPartitionedSink[Output, None]):
         # Stable across processes and runs (unlike hash()); non-negative.
         return _positive_hash(item_key.encode("utf-8"))
 
+    def group(self, outs: list[Output]) -> list[tuple[str, list[Output]]]:
+        """`outs` as one `(route key, outputs)` item per sink partition their keys go to.
+
+        Bytewax sends an item to partition `part_fn(route key) % parts`; each group's route
+        key is one of its own records' keys, so every record lands where its key routes.
+        """
+        groups: dict[int, tuple[str, list[Output]]] = {}
+        parts = self._parts
+        for out in outs:
+            key = out.key or ""
+            part = _positive_hash(key.encode("utf-8")) % parts
+            group = groups.get(part)
+            if group is None:
+                groups[part] = (key, [out])
+            else:
+                group[1].append(out)
+        return list(groups.values())
+
     def build_part(
         self, step_id: str, for_part: str, resume_state: None
     ) -> _OutputPartition:
         return _OutputPartition(self._spare.pop() if self._spare else self._new_producer())
-
-
-def _route(out: Output) -> tuple[str, Output]:
-    return (out.key or "", out)
 
 
 def kafka_output(step_id: str, up: Stream[Output], sink: KafkaOutputSink) -> None:
@@ -860,8 +909,7 @@ def kafka_output(step_id: str, up: Stream[Output], sink: KafkaOutputSink) -> Non
     order (true downstream of a stateful step keyed by the same key): Bytewax
     keeps the order between one pair of workers.
     """
-    keyed = op.map(f"{step_id}_route", up, _route)
-    op.output(step_id, keyed, sink)
+    op.output(step_id, op.flat_map_batch(f"{step_id}_route", up, sink.group), sink)
 
 
 # -- reading to the end --------------------------------------------------------

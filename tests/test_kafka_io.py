@@ -82,6 +82,46 @@ def test_murmur2_matches_the_java_client() -> None:
     assert signed(murmur2(bytes([ord("a"), ord("b"), ord("c")]))) == 479470107
 
 
+def test_group_sends_every_output_to_the_partition_its_key_routes_to() -> None:
+    sink = KafkaOutputSink({"bootstrap.servers": "127.0.0.1:9"}, parts=5)
+    outs = [Output("t", None if i % 7 == 0 else f"SKU-{i % 40}", "s", {"i": i}) for i in range(300)]
+    groups = sink.group(outs)
+    assert len(groups) == len({g for g, _ in groups}) <= 5
+    seen = []
+    for route_key, members in groups:
+        part = sink.part_fn(route_key) % 5
+        assert all(sink.part_fn(o.key or "") % 5 == part for o in members)
+        seen += members
+    assert sorted(o.value["i"] for o in seen) == list(range(300))
+    for key in {o.key for o in outs}:  # order per key kept
+        assert [o for o in seen if o.key == key] == [o for o in outs if o.key == key]
+
+
+def test_bulk_histogram_observation_equals_observing_each_value() -> None:
+    from collections import Counter
+
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from sinks.kafka import _observe_many
+
+    registry = CollectorRegistry()
+    buckets = (0.005, 0.05, 0.5, 1.0, 5.0)
+    one = Histogram("one", "h", buckets=buckets, registry=registry)
+    bulk = Histogram("bulk", "h", buckets=buckets, registry=registry)
+    now_ms = 1_767_225_600_000.0
+    stamps = [now_ms - d for d in (0, 1, 5, 5, 5, 50, 499, 500, 501, 999, 1000, 4999, 70000, -3)]
+    for ts in stamps:
+        one.observe((now_ms - ts) / 1000)
+    _observe_many(bulk, now_ms, Counter(stamps))
+
+    def samples(name: str) -> dict:
+        return {(s.name.removeprefix(name), s.labels.get("le")): s.value
+                for m in registry.collect() if m.name == name for s in m.samples
+                if not s.name.endswith("_created")}
+
+    assert samples("bulk") == pytest.approx(samples("one"))
+
+
 def test_parse_since() -> None:
     now = 1_767_225_600_000
     assert parse_since("2h", now) == now - 7_200_000

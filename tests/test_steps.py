@@ -8,10 +8,17 @@ from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 
 from operators.availability import SkuState
-from operators.decode import decode
-from operators.normalise import Movement, stream_key
+from operators.normalise import Movement
 from operators.records import RawRecord
-from operators.steps import decode_step, project_step, sequence_step
+from operators.steps import (
+    Letters,
+    decode_step,
+    order_step,
+    project_step,
+    route_items_step,
+    shard_of,
+    sort_step,
+)
 from schemas import codec, from_json
 from tests.flowtest import FIXTURES, last_per_key, load_records, run_flow, sample_config
 
@@ -52,23 +59,76 @@ def test_decode_step_splits_good_and_bad(workers: int) -> None:
     assert [(e.reason, e.offset, e.value) for e in errs] == [("UNDECODABLE", 9, b"\x01")]
 
 
-def test_sequence_step_reorders_dedups_and_skips_at_eof(workers: int) -> None:
+def _item(sku: str = "SKU-1", wms_item: str = "ITM-1") -> RawRecord:
+    value = {"sku": sku, "wms_item": wms_item, "erp_material": f"MAT-{sku}", "base_uom": "EA",
+             "uom_factors": {"EA": 1, "CS": 12}, "active": True, "updated_at": T0}
+    data = codec("ItemMaster").encode(from_json("ItemMaster", value))
+    return RawRecord("ref.items", 0, 0, sku, data)
+
+
+def _ordered_flow(raws: list[RawRecord]) -> tuple[Dataflow, list, list]:
     flow = Dataflow("t")
-    raws = [_wms("C", 3), _wms("A", 1), _wms("A", 1), _wms("E", 5), _wms("B", 2)]
-    decoded = [decode(r, "WmsInventoryTransaction") for r in raws]
-    out = sequence_step(
-        "seq", op.input("in", flow, TestingSource(decoded)), stream_key=stream_key,
-        gap_timeout=30, max_buffered=1000, max_clock_skew=3600, mode="replay", clock=lambda: T0 / 1000,
+    schemas = {"wms.inventory.transactions": "WmsInventoryTransaction", "ref.items": "ItemMaster"}
+    sorted_ = sort_step("sort", op.input("in", flow, TestingSource(raws)), schemas, "ref.items")
+    updates = route_items_step("items", sorted_.items)
+    out = order_step(
+        "order", sorted_.records, updates, gap_timeout=30, max_buffered=1000, max_clock_skew=3600,
+        locations=CONFIG.locations, unknown_item_timeout=300, mode="replay", clock=lambda: T0 / 1000,
     )
     oks: list = []
     errs: list = []
     op.output("oks", out.oks, TestingSink(oks))
+    op.output("errs", op.merge("all_errs", out.errs, sorted_.errs), TestingSink(errs))
+    return flow, oks, errs
+
+
+def test_sort_step_chunks_records_by_shard_and_splits_items_and_bad(workers: int) -> None:
+    flow = Dataflow("t")
+    raws = [_wms("A", 1), _wms("B", 1, item="ITM-2"), _item(), _wms("C", 2),
+            RawRecord("wms.inventory.transactions", 0, 9, "k", b"\x01"),
+            RawRecord("other.topic", 0, 1, "k", b"\x00")]
+    schemas = {"wms.inventory.transactions": "WmsInventoryTransaction", "ref.items": "ItemMaster"}
+    out = sort_step("sort", op.input("in", flow, TestingSource(raws)), schemas, "ref.items")
+    chunks: list = []
+    items: list = []
+    errs: list = []
+    op.output("chunks", out.records, TestingSink(chunks))
+    op.output("items", out.items, TestingSink(items))
     op.output("errs", out.errs, TestingSink(errs))
     _run(flow, workers)
-    assert [d.rec.seq for d in oks] == [1, 2, 3, 5]
-    assert [(e.reason, e.gap) for e in errs] == [
+    by_code: dict = {}
+    for shard, records in chunks:
+        for d in records:
+            assert shard == shard_of(d.code)
+            by_code.setdefault(d.code, []).append(d.rec.txn_id)
+    assert by_code == {"wms|ITM-1": ["A", "C"], "wms|ITM-2": ["B"]}  # in order within a code
+    assert {d.stream for _, records in chunks for d in records} == {"wms|DC-ATL|ITM-1", "wms|DC-ATL|ITM-2"}
+    assert [d.rec.sku for d in items] == ["SKU-1"]
+    assert all(type(e) is Letters for e in errs)
+    assert [(e.reason, e.offset) for chunk in errs for e in chunk] == [("UNDECODABLE", 9)]
+
+
+def test_order_step_reorders_dedups_normalises_and_skips_at_eof(workers: int) -> None:
+    raws = [_item(), _wms("C", 3, kind="RECEIPT", qty=2), _wms("A", 1), _wms("A", 1), _wms("E", 5),
+            _wms("B", 2)]
+    flow, oks, errs = _ordered_flow(raws)
+    _run(flow, workers)
+    movements = [m for shard, chunk in oks for m in chunk]
+    assert all(shard == shard_of(m.sku) for shard, chunk in oks for m in chunk)
+    assert [(m.sku, m.warehouse, m.seq, m.qty) for m in movements] == [
+        ("SKU-1", "ATL1", 1, 1), ("SKU-1", "ATL1", 2, 1), ("SKU-1", "ATL1", 3, 2),
+        ("SKU-1", "ATL1", 5, 1)]
+    assert [(e.reason, e.gap) for chunk in errs for e in chunk] == [
         ("SEQUENCE_GAP", {"stream": "wms|DC-ATL|ITM-1", "missing_from": 4, "missing_to": 4})
     ]
+
+
+def test_order_step_parks_a_stream_until_its_item_arrives_and_dead_letters_it_at_eof(
+        workers: int) -> None:
+    flow, oks, errs = _ordered_flow([_wms("A", 1, item="ITM-9"), _wms("B", 1), _item(), _wms("C", 2)])
+    _run(flow, workers)
+    assert [m.source_id for _, chunk in oks for m in chunk] == ["B", "C"]  # B waited for its item
+    assert [(e.reason, e.source_id) for chunk in errs for e in chunk] == [("UNKNOWN_ITEM", "A")]
 
 
 def test_project_step_emits_changes_with_versions(workers: int) -> None:
@@ -76,13 +136,14 @@ def test_project_step_emits_changes_with_versions(workers: int) -> None:
     raw = _wms("A", 1)
     moves = [Movement("SKU-1", "DAL1", "wms", f"T{i}", i, "RECEIPT", 5, T0 + i, raw) for i in (1, 2)]
     moves.append(Movement("SKU-1", "DAL1", "wms", "T3", 3, "PICK", 5, T0 + 3, raw))
-    out = project_step("project", op.input("in", flow, TestingSource(moves)), channels=CONFIG.channels,
+    chunks = [(shard_of(m.sku), [m]) for m in moves]
+    out = project_step("project", op.input("in", flow, TestingSource(chunks)), channels=CONFIG.channels,
                        topic_of=CONFIG.topics.availability, version_clock=None)
     oks: list = []
     op.output("oks", out.oks, TestingSink(oks))
     _run(flow, workers)
     shopify = [(o.key, o.value["available"], o.value["previous"], o.value["version"])
-               for o in oks if o.topic == "availability.shopify-us"]
+               for chunk in oks for o in chunk if o.topic == "availability.shopify-us"]
     assert shopify == [("SKU-1|DAL1", 3, None, 1), ("SKU-1|DAL1", 8, 3, 2)]  # PICK changes nothing
 
 
@@ -115,18 +176,18 @@ def test_two_workers_give_the_same_final_outputs_as_one(fixture: str) -> None:
 
 
 def test_resumed_live_shards_restart_waits_that_ran_on_the_dead_process_clock() -> None:
-    from operators.normalise import CodeState
+    from operators.normalise import CodeState, Normaliser
     from operators.sequencing import Sequencer, SequencerState
-    from operators.steps import _NormaliseShard, _SequenceShard
+    from operators.steps import OrderState, _OrderShard
 
     now = 2_000_000_000.0
     gap = SequencerState(stream="wms|DC-ATL|ITM-1", next_seq=1, gap_deadline=now - 100)
-    make = lambda st: Sequencer(st, gap_timeout=30, max_buffered=10, max_clock_skew=60,  # noqa: E731
-                                stream_key=stream_key)
-    shard = _SequenceShard({"wms|DC-ATL|ITM-1": gap}, make, 30, "live", lambda: now)
-    assert gap.gap_deadline == now + 30
-    assert shard.notify_at() is not None and shard.notify_at().timestamp() == now + 30
-
     parked = CodeState(parked={"s": []}, parked_since={"s": now - 1000})
-    _NormaliseShard({"wms|ITM-1": parked}, CONFIG.locations, 300, "live", lambda: now)
+    seq = Sequencer(SequencerState(), gap_timeout=30, max_buffered=10, max_clock_skew=60,
+                    stream_key=lambda rec: "")
+    state = OrderState({"wms|DC-ATL|ITM-1": gap}, {"wms|ITM-1": parked})
+    shard = _OrderShard(state, seq, Normaliser(CodeState(), CONFIG.locations, 300), "live", lambda: now)
+    assert gap.gap_deadline == now + 30
     assert parked.parked_since == {"s": now}
+    wake = shard.notify_at()
+    assert wake is not None and wake.timestamp() == now + 30  # the gap's, before the park's (+300)
