@@ -19,12 +19,12 @@ the key), so each state records its key from the first item it sees.
 
 from __future__ import annotations
 
-import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
+from zlib import crc32
 
 import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
@@ -41,7 +41,6 @@ from operators.normalise import (
     ItemRouter,
     Movement,
     Normaliser,
-    code_key,
     stream_key,
 )
 from operators.records import DeadLetter, Output, RawRecord
@@ -202,7 +201,7 @@ _SHARD_NAMES = [str(i) for i in range(SHARDS)]
 
 def shard_of(key: str) -> str:
     """Stable across processes and runs (unlike hash())."""
-    return _SHARD_NAMES[zlib.crc32(key.encode()) % SHARDS]
+    return _SHARD_NAMES[crc32(key.encode()) % SHARDS]
 
 
 def _group(pairs: Iterable[tuple[str, Any]]) -> dict[str, list[Any]]:
@@ -253,8 +252,14 @@ def sort_step(step_id: str, up: Stream[RawRecord], schemas: dict[str, str], item
                 items.append(d)
             else:
                 rec = d.rec  # type: ignore[union-attr]
-                d.stream, d.code = stream_key(rec), code_key(rec)  # type: ignore[union-attr]
-                shard = shard_of(d.code)  # type: ignore[union-attr]
+                # `stream_key` and `code_key`, inlined (tests/test_steps.py checks both keys)
+                if rec.source == "erp":
+                    code = "erp|" + rec.material
+                    d.stream, d.code = f"erp|{rec.plant}|{rec.material}", code  # type: ignore[union-attr]
+                else:
+                    code = "wms|" + rec.item
+                    d.stream, d.code = f"wms|{rec.facility}|{rec.item}", code  # type: ignore[union-attr]
+                shard = _SHARD_NAMES[crc32(code.encode()) % SHARDS]
                 g = groups.get(shard)
                 if g is None:
                     groups[shard] = [d]  # type: ignore[list-item]

@@ -162,6 +162,13 @@ def _positive_hash(key: bytes) -> int:
     return murmur2(key) & 0x7FFFFFFF
 
 
+@lru_cache(maxsize=65536)
+def _key_route(key: str) -> tuple[bytes, int]:
+    """A key's bytes and positive murmur2 hash: the sink routes each output key twice."""
+    kbytes = key.encode("utf-8")
+    return kbytes, murmur2(kbytes) & 0x7FFFFFFF
+
+
 def key_partition(key: bytes, partitions: int) -> int:
     """The partition the Java client (and librdkafka's murmur2_random) picks for `key`."""
     return _positive_hash(key) % partitions
@@ -645,9 +652,8 @@ class CheckedProducer:
         if key is None:
             kbytes, partition = None, -1
         else:  # `_route`, inlined
-            kbytes = key.encode("utf-8")
-            n = self._partitions.get(topic) or self.partition_count(topic)
-            partition = _positive_hash(kbytes) % n
+            kbytes, h = _key_route(key)
+            partition = h % (self._partitions.get(topic) or self.partition_count(topic))
         try:
             self._producer.produce(topic, value, kbytes, partition, self._on_delivery)
         except BufferError:
@@ -776,24 +782,28 @@ def _observe_written(values: list[Output]) -> None:
         if stamps:
             _observe_many(_input_latency(topic), now_ms, stamps)
         events = Counter(map(_source_event, outs))
-        events.pop(None, None)
-        if events:
-            per_time: Counter[int] = Counter()
-            for (source, et), n in events.items():
-                per_time[et] += n
-                if source is not None and et > newest.get(source, -1):
-                    newest[source] = et
+        per_time: Counter[int] = Counter()
+        for (source, et), n in events.items():
+            if et is None:
+                continue
+            per_time[et] += n
+            if source is None:  # rare: the source is only in the value
+                for out in outs:
+                    if out.source is None and out.event_time == et:
+                        source = _source_of(out)
+                        if source is not None and et > newest.get(source, -1):
+                            newest[source] = et
+            elif et > newest.get(source, -1):
+                newest[source] = et
+        if per_time:
             _observe_many(_event_time_latency(topic), now_ms, per_time)
     if newest:
         _note_newest(newest)
 
 
 _input_ts = attrgetter("input_ts")
-
-
-def _source_event(out: Output) -> tuple[str | None, int] | None:
-    et = out.event_time
-    return None if et is None else (out.source or _source_of(out), et)
+#: (source, event_time) of an output, built in C
+_source_event = attrgetter("source", "event_time")
 
 
 class _OutputPartition(StatefulSinkPartition[list[Output], None]):
@@ -888,7 +898,7 @@ class KafkaOutputSink(FixedPartitionedSink[list[Output], None]):
         parts = self._parts
         for out in outs:
             key = out.key or ""
-            part = _positive_hash(key.encode("utf-8")) % parts
+            part = _key_route(key)[1] % parts
             group = groups.get(part)
             if group is None:
                 groups[part] = (key, [out])

@@ -8,7 +8,7 @@ from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 
 from operators.availability import SkuState
-from operators.normalise import Movement
+from operators.normalise import Movement, code_key, stream_key
 from operators.records import RawRecord
 from operators.steps import (
     Letters,
@@ -59,6 +59,13 @@ def test_decode_step_splits_good_and_bad(workers: int) -> None:
     assert [(e.reason, e.offset, e.value) for e in errs] == [("UNDECODABLE", 9, b"\x01")]
 
 
+def _erp(doc: str, seq: int, material: str = "MAT-SKU-1") -> RawRecord:
+    value = {"doc_id": doc, "doc_type": "SO_ALLOCATION", "plant": "1000", "material": material,
+             "quantity": "1", "unit": "EA", "change_seq": seq, "posted_at": T0 + seq, "sales_order": None}
+    data = codec("ErpInventoryDocument").encode(from_json("ErpInventoryDocument", value))
+    return RawRecord("erp.inventory.documents", 0, seq, f"1000|{material}", data)
+
+
 def _item(sku: str = "SKU-1", wms_item: str = "ITM-1") -> RawRecord:
     value = {"sku": sku, "wms_item": wms_item, "erp_material": f"MAT-{sku}", "base_uom": "EA",
              "uom_factors": {"EA": 1, "CS": 12}, "active": True, "updated_at": T0}
@@ -84,10 +91,11 @@ def _ordered_flow(raws: list[RawRecord]) -> tuple[Dataflow, list, list]:
 
 def test_sort_step_chunks_records_by_shard_and_splits_items_and_bad(workers: int) -> None:
     flow = Dataflow("t")
-    raws = [_wms("A", 1), _wms("B", 1, item="ITM-2"), _item(), _wms("C", 2),
+    raws = [_wms("A", 1), _wms("B", 1, item="ITM-2"), _item(), _wms("C", 2), _erp("D", 1),
             RawRecord("wms.inventory.transactions", 0, 9, "k", b"\x01"),
             RawRecord("other.topic", 0, 1, "k", b"\x00")]
-    schemas = {"wms.inventory.transactions": "WmsInventoryTransaction", "ref.items": "ItemMaster"}
+    schemas = {"wms.inventory.transactions": "WmsInventoryTransaction", "ref.items": "ItemMaster",
+               "erp.inventory.documents": "ErpInventoryDocument"}
     out = sort_step("sort", op.input("in", flow, TestingSource(raws)), schemas, "ref.items")
     chunks: list = []
     items: list = []
@@ -100,9 +108,12 @@ def test_sort_step_chunks_records_by_shard_and_splits_items_and_bad(workers: int
     for shard, records in chunks:
         for d in records:
             assert shard == shard_of(d.code)
-            by_code.setdefault(d.code, []).append(d.rec.txn_id)
-    assert by_code == {"wms|ITM-1": ["A", "C"], "wms|ITM-2": ["B"]}  # in order within a code
-    assert {d.stream for _, records in chunks for d in records} == {"wms|DC-ATL|ITM-1", "wms|DC-ATL|ITM-2"}
+            by_code.setdefault(d.code, []).append(d.rec.record_id)
+    assert by_code == {"wms|ITM-1": ["A", "C"], "wms|ITM-2": ["B"], "erp|MAT-SKU-1": ["D"]}  # in order within a code
+    assert {d.stream for _, records in chunks for d in records} == {
+        "wms|DC-ATL|ITM-1", "wms|DC-ATL|ITM-2", "erp|1000|MAT-SKU-1"}
+    for _, records in chunks:  # the sort step's inlined keys are the sequencing and normalising keys
+        assert all((d.stream, d.code) == (stream_key(d.rec), code_key(d.rec)) for d in records)
     assert [d.rec.sku for d in items] == ["SKU-1"]
     assert all(type(e) is Letters for e in errs)
     assert [(e.reason, e.offset) for chunk in errs for e in chunk] == [("UNDECODABLE", 9)]
