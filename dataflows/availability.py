@@ -33,7 +33,11 @@ from operators.steps import (
     split_dead,
 )
 
-__all__ = ["build_availability_flow", "input_topics"]
+__all__ = ["RETIRED_STEPS", "build_availability_flow", "input_topics"]
+
+#: Stateful steps of earlier versions (sequence and normalise became `order` on 2026-12-04):
+#: this flow cannot resume their state, so `atpflow run` refuses a recovery store holding it.
+RETIRED_STEPS = frozenset({"availability.sequence.sequence", "availability.normalise.normalise"})
 
 
 def input_topics(config: Config) -> list[str]:

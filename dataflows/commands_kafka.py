@@ -57,6 +57,7 @@ __all__ = [
     "end_offsets",
     "flow_input_topics",
     "flow_recovery_dirs",
+    "stored_steps",
     "group_positions",
     "main",
     "parse_since",
@@ -589,6 +590,18 @@ def recovery_positions(
         tp = (m.group(2), int(m.group(1)))
         out[tp] = min(out.get(tp, offset), offset)
     return out
+
+
+def stored_steps(recovery_dir: str | Path) -> set[str]:
+    """The ids of the steps whose state a recovery store holds."""
+    steps: set[str] = set()
+    for path in sorted(Path(recovery_dir).glob("part-*.sqlite3")):
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            steps.update(row[0] for row in con.execute("SELECT DISTINCT step_id FROM snaps"))
+        finally:
+            con.close()
+    return steps
 
 
 def group_positions(config: Config, group: str, topics: Iterable[str],

@@ -128,6 +128,18 @@ def run_flows(config: Config, args: argparse.Namespace, flows: list[str]) -> int
             print(f"atpflow run: no recovery partitions for {', '.join(missing)} in "
                   f"{config.recovery.dir}; run `atpflow recovery init` first", file=sys.stderr)
             return 2
+        if "availability" in flows:
+            from dataflows.availability import RETIRED_STEPS
+            from dataflows.commands_kafka import stored_steps
+
+            where = config.recovery.dir / "availability"
+            retired = sorted(stored_steps(where) & RETIRED_STEPS)
+            if retired:
+                print(f"atpflow run: the recovery store {where} holds state of steps this version "
+                      f"no longer has ({', '.join(retired)}) and cannot resume it: start the "
+                      "availability flow from scratch (delete that directory, then `atpflow "
+                      "recovery init`; see docs/OPERATIONS.md)", file=sys.stderr)
+                return 2
     from schemas import COMPILED
 
     if not COMPILED:

@@ -236,8 +236,10 @@ def sort_step(step_id: str, up: Stream[RawRecord], schemas: dict[str, str], item
     batch, in order, and reach one shard of the order step.
     """
 
+    mine = frozenset(schemas)
+
     def sort(raws: list[RawRecord]) -> list[Any]:
-        _count_in(raws, None)
+        _count_in(raws, mine)
         groups: dict[str, list[Decoded]] = {}
         dead = Letters()
         items: list[Any] = []

@@ -233,3 +233,25 @@ def test_run_with_a_bad_config_field_names_the_field(tmp_path: Path) -> None:
     proc = _cli("run", "--config", str(bad), check=False)
     assert proc.returncode == 2
     assert "max_buffered" in proc.stderr
+
+
+def test_run_refuses_a_recovery_store_with_state_of_retired_steps(live_config_path: Path,
+                                                                  tmp_path: Path) -> None:
+    """State of steps this version no longer has would be dropped silently on resume."""
+    import sqlite3
+
+    raw = yaml.safe_load(live_config_path.read_text())
+    raw["recovery"] = {"dir": str(tmp_path / "recovery")}
+    config = tmp_path / "atpflow.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    _cli("recovery", "init", "--config", str(config), "--flow", "availability")
+    part = tmp_path / "recovery" / "availability" / "part-0.sqlite3"
+    con = sqlite3.connect(part)
+    with con:
+        con.execute("INSERT INTO snaps (step_id, state_key, snap_epoch, ser_change) "
+                    "VALUES ('availability.sequence.sequence', '7', 1, NULL)")
+    con.close()
+    proc = _cli("run", "--config", str(config), "--flow", "availability", check=False, timeout=30)
+    assert proc.returncode == 2
+    assert "availability.sequence.sequence" in proc.stderr
+    assert "from scratch" in proc.stderr
