@@ -122,6 +122,25 @@ def test_bulk_histogram_observation_equals_observing_each_value() -> None:
     assert samples("bulk") == pytest.approx(samples("one"))
 
 
+def test_written_metrics_count_every_record_and_keep_the_newest_event_time_per_source() -> None:
+    from operators import metrics
+    from sinks.kafka import _newest_event_ms, _observe_written
+
+    now_ms = time.time() * 1000
+    outs = [Output("t-metrics", "k", "s", {}, int(now_ms) - 1000, 5, "src-a"),
+            Output("t-metrics", "k", "s", {}, int(now_ms) - 1000, 9, "src-a"),
+            Output("t-metrics", "k", "s", {"source": "src-b"}, None, 7, None),
+            Output("t-metrics", "k", "s", {}, None, None, None)]
+    before = metrics.RECORDS_OUT.labels("t-metrics")._value.get()
+    _observe_written(outs)
+    assert metrics.RECORDS_OUT.labels("t-metrics")._value.get() - before == 4
+    assert _newest_event_ms["src-a"] == 9
+    assert _newest_event_ms["src-b"] == 7  # named only in its value
+    latency = metrics.INPUT_TO_OUTPUT_LATENCY.labels("t-metrics")
+    assert sum(b.get() for b in latency._buckets) == 2  # the two records with an input timestamp
+    assert 1.9 < latency._sum.get() < 2.5
+
+
 def test_parse_since() -> None:
     now = 1_767_225_600_000
     assert parse_since("2h", now) == now - 7_200_000
