@@ -644,16 +644,12 @@ class CheckedProducer:
         """The key's bytes and its murmur2 partition (-1, librdkafka's choice, for no key)."""
         if key is None:
             return None, -1
-        kbytes = key.encode("utf-8")
-        return kbytes, key_partition(kbytes, self.partition_count(topic))
+        kbytes, h = _key_route(key)
+        return kbytes, h % (self._partitions.get(topic) or self.partition_count(topic))
 
     def send_plain(self, topic: str, key: str | None, value: bytes | None) -> None:
         """`send` with no headers, timestamp or callback of its own: the sinks' hot path."""
-        if key is None:
-            kbytes, partition = None, -1
-        else:  # `_route`, inlined
-            kbytes, h = _key_route(key)
-            partition = h % (self._partitions.get(topic) or self.partition_count(topic))
+        kbytes, partition = self._route(topic, key)
         try:
             self._producer.produce(topic, value, kbytes, partition, self._on_delivery)
         except BufferError:
@@ -890,7 +886,7 @@ class KafkaOutputSink(FixedPartitionedSink[list[Output], None]):
 
     def part_fn(self, item_key: str) -> int:
         # Stable across processes and runs (unlike hash()); non-negative.
-        return _positive_hash(item_key.encode("utf-8"))
+        return _key_route(item_key)[1]
 
     def group(self, outs: list[Output]) -> list[tuple[str, list[Output]]]:
         """`outs` as one `(route key, outputs)` item per sink partition their keys go to.
