@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import bytewax.operators as op
 import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 
 from operators.availability import SkuState
+from operators.decode import decode
 from operators.normalise import Movement, code_key, stream_key
 from operators.records import RawRecord
 from operators.steps import (
@@ -202,3 +205,60 @@ def test_resumed_live_shards_restart_waits_that_ran_on_the_dead_process_clock() 
     assert parked.parked_since == {"s": now}
     wake = shard.notify_at()
     assert wake is not None and wake.timestamp() == now + 30  # the gap's, before the park's (+300)
+
+
+def test_order_shard_live_timers_skip_gaps_and_expire_parked_streams() -> None:
+    """The live wake-ups on a fake clock: a gap skips after gap_timeout and releases what waited;
+    a stream parked behind an unknown item is dead-lettered after unknown_item_timeout; the
+    gauges come back to where they started."""
+    from operators import metrics
+    from operators.normalise import CodeState, Normaliser
+    from operators.sequencing import Sequencer, SequencerState
+    from operators.steps import _OrderShard
+
+    def gauge(g: Any) -> float:
+        return g._value.get()
+
+    now = [T0 / 1000]
+    seq = Sequencer(SequencerState(), gap_timeout=30, max_buffered=100, max_clock_skew=3600,
+                    stream_key=stream_key)
+    shard = _OrderShard(None, seq, Normaliser(CodeState(), CONFIG.locations, 300), "live",
+                        lambda: now[0])
+    start = gauge(metrics.REORDER_BUFFERED), gauge(metrics.OPEN_GAPS), gauge(metrics.PARKED_RECORDS)
+    schemas = {"wms.inventory.transactions": "WmsInventoryTransaction", "ref.items": "ItemMaster"}
+
+    def chunk_of(*raws: RawRecord) -> list:
+        out = []
+        for raw in raws:
+            d = decode(raw, schemas[raw.topic])
+            d.stream, d.code = stream_key(d.rec), code_key(d.rec)
+            out.append(d)
+        return out
+
+    item = decode(_item(), "ItemMaster").rec
+    shard.on_batch([[("wms|ITM-1", item)]])
+    out, _ = shard.on_batch([chunk_of(_wms("A", 1), _wms("C", 3), _wms("X", 1, item="ITM-9"))])
+    assert [m.source_id for x in out if type(x) is not Letters for m in x[1]] == ["A"]
+    assert not [x for x in out if type(x) is Letters]
+    assert gauge(metrics.REORDER_BUFFERED) - start[0] == 1  # C waits for 2
+    assert gauge(metrics.OPEN_GAPS) - start[1] == 1
+    assert gauge(metrics.PARKED_RECORDS) - start[2] == 1  # X waits for ITM-9
+    wake = shard.notify_at()
+    assert wake is not None and wake.timestamp() == now[0] + 30  # the gap, before the park (+300)
+
+    now[0] += 30
+    out, _ = shard.on_notify()
+    moved = [m.source_id for x in out if type(x) is not Letters for m in x[1]]
+    letters = [(dl.reason, dl.gap) for x in out if type(x) is Letters for dl in x]
+    assert moved == ["C"]
+    assert letters == [("SEQUENCE_GAP", {"stream": "wms|DC-ATL|ITM-1", "missing_from": 2,
+                                         "missing_to": 2})]
+    assert shard.notify_at() is not None and shard.notify_at().timestamp() == T0 / 1000 + 300
+
+    now[0] = T0 / 1000 + 300
+    out, _ = shard.on_notify()
+    assert [(dl.reason, dl.source_id) for x in out if type(x) is Letters for dl in x] == [
+        ("UNKNOWN_ITEM", "X")]
+    assert shard.notify_at() is None
+    assert (gauge(metrics.REORDER_BUFFERED), gauge(metrics.OPEN_GAPS),
+            gauge(metrics.PARKED_RECORDS)) == start
