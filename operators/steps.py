@@ -50,10 +50,9 @@ from operators.sequencing import Outcome, Sequencer, SequencerState
 __all__ = [
     "SHARDS",
     "Clock",
-    "DecodeOut",
     "Letters",
     "Mode",
-    "OrderState",
+    "OrderShardState",
     "SortOut",
     "SplitOut",
     "chunk",
@@ -89,8 +88,6 @@ class SplitOut:
     oks: Stream[Any]
     errs: Stream[Any]
 
-
-DecodeOut = SplitOut
 
 
 class Letters(list):  # type: ignore[type-arg]
@@ -311,7 +308,7 @@ def route_items_step(step_id: str, up: Stream[Decoded]) -> Stream[tuple[str, lis
 
 
 @dataclass(slots=True)
-class OrderState:
+class OrderShardState:
     """One shard of the order step: its streams' sequencing and its item codes' look-ups."""
 
     #: stream key -> dedup and reorder state
@@ -320,7 +317,7 @@ class OrderState:
     codes: dict[str, CodeState] = field(default_factory=dict)
 
 
-class _OrderShard(StatefulBatchLogic[list[Any], Any, OrderState]):
+class _OrderShard(StatefulBatchLogic[list[Any], Any, OrderShardState]):
     """Dedup and reorder per stream, then normalise per item code, in one call per chunk.
 
     Fused because they need no re-keying: every record of a stream names the same item
@@ -330,9 +327,9 @@ class _OrderShard(StatefulBatchLogic[list[Any], Any, OrderState]):
     wake the shard early or late, so `on_notify` re-checks each deadline.
     """
 
-    def __init__(self, state: OrderState | None, seq: Sequencer, norm: Normaliser,
+    def __init__(self, state: OrderShardState | None, seq: Sequencer, norm: Normaliser,
                  mode: Mode, clock: Clock) -> None:
-        self.state = state if state is not None else OrderState()
+        self.state = state if state is not None else OrderShardState()
         self.seq, self.norm = seq, norm
         self.mode, self.clock = mode, clock
         self.gaps: dict[str, float] = {}
@@ -525,7 +522,7 @@ class _OrderShard(StatefulBatchLogic[list[Any], Any, OrderState]):
                            min(self.parks.values(), default=float("inf"))))
 
     @override
-    def snapshot(self) -> OrderState:
+    def snapshot(self) -> OrderShardState:
         return self.state
 
 
@@ -548,7 +545,7 @@ def order_step(
     `oks` are `(shard, [Movement])` chunks for the project step; `errs` are `Letters`.
     """
 
-    def build(resume: OrderState | None) -> _OrderShard:
+    def build(resume: OrderShardState | None) -> _OrderShard:
         seq = Sequencer(SequencerState(), gap_timeout=gap_timeout, max_buffered=max_buffered,
                         max_clock_skew=max_clock_skew, stream_key=stream_key)
         return _OrderShard(resume, seq, Normaliser(CodeState(), locations, unknown_item_timeout),

@@ -192,14 +192,14 @@ def test_two_workers_give_the_same_final_outputs_as_one(fixture: str) -> None:
 def test_resumed_live_shards_restart_waits_that_ran_on_the_dead_process_clock() -> None:
     from operators.normalise import CodeState, Normaliser
     from operators.sequencing import Sequencer, SequencerState
-    from operators.steps import OrderState, _OrderShard
+    from operators.steps import OrderShardState, _OrderShard
 
     now = 2_000_000_000.0
     gap = SequencerState(stream="wms|DC-ATL|ITM-1", next_seq=1, gap_deadline=now - 100)
     parked = CodeState(parked={"s": []}, parked_since={"s": now - 1000})
     seq = Sequencer(SequencerState(), gap_timeout=30, max_buffered=10, max_clock_skew=60,
                     stream_key=lambda rec: "")
-    state = OrderState({"wms|DC-ATL|ITM-1": gap}, {"wms|ITM-1": parked})
+    state = OrderShardState({"wms|DC-ATL|ITM-1": gap}, {"wms|ITM-1": parked})
     shard = _OrderShard(state, seq, Normaliser(CodeState(), CONFIG.locations, 300), "live", lambda: now)
     assert gap.gap_deadline == now + 30
     assert parked.parked_since == {"s": now}
