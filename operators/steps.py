@@ -19,12 +19,12 @@ the key), so each state records its key from the first item it sees.
 
 from __future__ import annotations
 
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
-from zlib import crc32
 
 import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
@@ -41,6 +41,7 @@ from operators.normalise import (
     ItemRouter,
     Movement,
     Normaliser,
+    code_key,
     stream_key,
 )
 from operators.records import DeadLetter, Output, RawRecord
@@ -198,7 +199,7 @@ _SHARD_NAMES = [str(i) for i in range(SHARDS)]
 
 def shard_of(key: str) -> str:
     """Stable across processes and runs (unlike hash())."""
-    return _SHARD_NAMES[crc32(key.encode()) % SHARDS]
+    return _SHARD_NAMES[zlib.crc32(key.encode()) % SHARDS]
 
 
 def _group(pairs: Iterable[tuple[str, Any]]) -> dict[str, list[Any]]:
@@ -237,7 +238,7 @@ def sort_step(step_id: str, up: Stream[RawRecord], schemas: dict[str, str], item
 
     def sort(raws: list[RawRecord]) -> list[Any]:
         _count_in(raws, mine)
-        groups: dict[str, list[Decoded]] = {}
+        keyed: list[tuple[str, Decoded]] = []
         dead = Letters()
         items: list[Any] = []
         for raw in raws:
@@ -251,20 +252,9 @@ def sort_step(step_id: str, up: Stream[RawRecord], schemas: dict[str, str], item
                 items.append(d)
             else:
                 rec = d.rec  # type: ignore[union-attr]
-                # `stream_key` and `code_key`, inlined (tests/test_steps.py checks both keys)
-                if rec.source == "erp":
-                    code = "erp|" + rec.material
-                    d.stream, d.code = f"erp|{rec.plant}|{rec.material}", code  # type: ignore[union-attr]
-                else:
-                    code = "wms|" + rec.item
-                    d.stream, d.code = f"wms|{rec.facility}|{rec.item}", code  # type: ignore[union-attr]
-                shard = _SHARD_NAMES[crc32(code.encode()) % SHARDS]
-                g = groups.get(shard)
-                if g is None:
-                    groups[shard] = [d]  # type: ignore[list-item]
-                else:
-                    g.append(d)  # type: ignore[arg-type]
-        out: list[Any] = list(groups.items())
+                d.stream, d.code = stream_key(rec), code_key(rec)  # type: ignore[union-attr]
+                keyed.append((shard_of(d.code), d))  # type: ignore[arg-type, union-attr]
+        out: list[Any] = list(_group(keyed).items())
         if dead:
             out.append(dead)
         return out + items
@@ -458,13 +448,9 @@ class _OrderShard(StatefulBatchLogic[list[Any], Any, OrderShardState]):
         for dl in out.dead:
             if dl.gap is not None:
                 metrics.GAP_SKIPS.labels(dl.gap["stream"].split("|", 1)[0]).inc()
-        movements = []
-        for r in results:
-            if r.__class__ is Movement:
-                movements.append((shard_of(r.sku), r))
-            else:
-                dead.append(r)
-        chunks: list[Any] = list(_group(movements).items())
+        dead += (r for r in results if r.__class__ is not Movement)
+        chunks: list[Any] = list(
+            _group((shard_of(r.sku), r) for r in results if r.__class__ is Movement).items())
         if dead:
             chunks.append(dead)
         return chunks

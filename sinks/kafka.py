@@ -157,21 +157,16 @@ def murmur2(data: bytes) -> int:
 
 
 @lru_cache(maxsize=65536)
-def _positive_hash(key: bytes) -> int:
-    # Keys repeat a lot (one per sku / stream): caching skips the pure-Python loop.
-    return murmur2(key) & 0x7FFFFFFF
-
-
-@lru_cache(maxsize=65536)
 def _key_route(key: str) -> tuple[bytes, int]:
-    """A key's bytes and positive murmur2 hash: the sink routes each output key twice."""
+    """A key's bytes and positive murmur2 hash. Keys repeat a lot (one per sku / stream) and the
+    sink routes each output key twice: caching skips the pure-Python loop."""
     kbytes = key.encode("utf-8")
     return kbytes, murmur2(kbytes) & 0x7FFFFFFF
 
 
 def key_partition(key: bytes, partitions: int) -> int:
     """The partition the Java client (and librdkafka's murmur2_random) picks for `key`."""
-    return _positive_hash(key) % partitions
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 # -- admin -------------------------------------------------------------------
