@@ -61,10 +61,13 @@ __all__ = [
     "decode_step",
     "emit",
     "emit_records",
+    "order_logic",
     "order_step",
+    "project_logic",
     "project_step",
     "route_items_step",
     "shard_of",
+    "sort_batch",
     "sort_step",
     "split_dead",
     "wake_at",
@@ -225,39 +228,45 @@ class SortOut:
     errs: Stream[Letters]
 
 
-@operator
-def sort_step(step_id: str, up: Stream[RawRecord], schemas: dict[str, str], items_topic: str) -> SortOut:
-    """Decode each batch and sort it: movement records into chunks per shard of their item code.
+def sort_batch(raws: list[RawRecord], schemas: dict[str, str], items_topic: str) -> list[Any]:
+    """Decode a batch and sort it: `(shard, [Decoded])` per order shard, then a `Letters`
+    chunk of what did not decode, then each item-master record alone.
 
     Records of other topics are dropped (a source may read more than this flow needs). Every
     record of a stream names the same item code, so a stream's records stay in one chunk per
     batch, in order, and reach one shard of the order step.
     """
+    keyed: list[tuple[str, Decoded]] = []
+    dead = Letters()
+    items: list[Any] = []
+    for raw in raws:
+        schema = schemas.get(raw.topic)
+        if schema is None:
+            continue
+        d = decode(raw, schema)
+        if d.__class__ is not Decoded:
+            dead.append(d)
+        elif raw.topic == items_topic:
+            items.append(d)
+        else:
+            rec = d.rec  # type: ignore[union-attr]
+            d.stream, d.code = stream_key(rec), code_key(rec)  # type: ignore[union-attr]
+            keyed.append((shard_of(d.code), d))  # type: ignore[arg-type, union-attr]
+    out: list[Any] = list(_group(keyed).items())
+    if dead:
+        out.append(dead)
+    return out + items
+
+
+@operator
+def sort_step(step_id: str, up: Stream[RawRecord], schemas: dict[str, str], items_topic: str) -> SortOut:
+    """`sort_batch` on each batch, counting what came in."""
 
     mine = frozenset(schemas)
 
     def sort(raws: list[RawRecord]) -> list[Any]:
         _count_in(raws, mine)
-        keyed: list[tuple[str, Decoded]] = []
-        dead = Letters()
-        items: list[Any] = []
-        for raw in raws:
-            schema = schemas.get(raw.topic)
-            if schema is None:
-                continue
-            d = decode(raw, schema)
-            if d.__class__ is not Decoded:
-                dead.append(d)
-            elif raw.topic == items_topic:
-                items.append(d)
-            else:
-                rec = d.rec  # type: ignore[union-attr]
-                d.stream, d.code = stream_key(rec), code_key(rec)  # type: ignore[union-attr]
-                keyed.append((shard_of(d.code), d))  # type: ignore[arg-type, union-attr]
-        out: list[Any] = list(_group(keyed).items())
-        if dead:
-            out.append(dead)
-        return out + items
+        return sort_batch(raws, schemas, items_topic)
 
     sorted_ = op.flat_map_batch("sort", up, sort)
     keyed = op.branch("is_keyed", sorted_, lambda x: x.__class__ is tuple)
@@ -512,6 +521,24 @@ class _OrderShard(StatefulBatchLogic[list[Any], Any, OrderShardState]):
         return self.state
 
 
+def order_logic(
+    resume: OrderShardState | None,
+    *,
+    gap_timeout: float,
+    max_buffered: int,
+    max_clock_skew: float,
+    locations: Locations,
+    unknown_item_timeout: float,
+    mode: Mode,
+    clock: Clock,
+) -> StatefulBatchLogic[Any, Any, Any]:
+    """One shard of the order step (also called without the engine by the units benchmark)."""
+    seq = Sequencer(SequencerState(), gap_timeout=gap_timeout, max_buffered=max_buffered,
+                    max_clock_skew=max_clock_skew, stream_key=stream_key)
+    return _OrderShard(resume, seq, Normaliser(CodeState(), locations, unknown_item_timeout),
+                       mode, clock)
+
+
 @operator
 def order_step(
     step_id: str,
@@ -531,11 +558,10 @@ def order_step(
     `oks` are `(shard, [Movement])` chunks for the project step; `errs` are `Letters`.
     """
 
-    def build(resume: OrderShardState | None) -> _OrderShard:
-        seq = Sequencer(SequencerState(), gap_timeout=gap_timeout, max_buffered=max_buffered,
-                        max_clock_skew=max_clock_skew, stream_key=stream_key)
-        return _OrderShard(resume, seq, Normaliser(CodeState(), locations, unknown_item_timeout),
-                           mode, clock)
+    def build(resume: OrderShardState | None) -> StatefulBatchLogic[Any, Any, Any]:
+        return order_logic(resume, gap_timeout=gap_timeout, max_buffered=max_buffered,
+                           max_clock_skew=max_clock_skew, locations=locations,
+                           unknown_item_timeout=unknown_item_timeout, mode=mode, clock=clock)
 
     merged = op.merge("merge", records, item_updates)
     return _split_letters("split", _values("values", op.stateful_batch("order", merged, build)))
@@ -616,6 +642,17 @@ class _ProjectShard(StatefulBatchLogic[list[Movement], Any, dict[str, SkuState]]
         return self.states
 
 
+def project_logic(
+    resume: dict[str, SkuState] | None,
+    *,
+    channels: Channels,
+    topic_of: Callable[[str], str],
+    version_clock: Callable[[], int] | None,
+) -> StatefulBatchLogic[Any, Any, Any]:
+    """One shard of the project step (also called without the engine by the units benchmark)."""
+    return _ProjectShard(resume, channels, topic_of, version_clock)
+
+
 @operator
 def project_step(
     step_id: str,
@@ -630,7 +667,8 @@ def project_step(
     Takes `(shard of sku, [Movement])` chunks; `oks` are `[Output]` chunks, `errs` `Letters`.
     """
 
-    def build(resume: dict[str, SkuState] | None) -> _ProjectShard:
-        return _ProjectShard(resume, channels, topic_of, version_clock)
+    def build(resume: dict[str, SkuState] | None) -> StatefulBatchLogic[Any, Any, Any]:
+        return project_logic(resume, channels=channels, topic_of=topic_of,
+                             version_clock=version_clock)
 
     return _split_letters("split", _values("values", op.stateful_batch("project", movements, build)))

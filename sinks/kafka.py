@@ -865,7 +865,10 @@ class KafkaOutputSink(FixedPartitionedSink[list[Output], None]):
         self._spare: list[CheckedProducer] = []
 
     def _new_producer(self) -> CheckedProducer:
-        return CheckedProducer(self._settings, add_config=self._add_config,
+        # Failures only: `flush()` still waits for every record, and a success report would
+        # cost a Message object and a Python call per output for nothing.
+        add_config = {**self._add_config, "delivery.report.only.error": True}
+        return CheckedProducer(self._settings, add_config=add_config,
                                metadata_timeout=self._metadata_timeout,
                                flush_timeout=self._flush_timeout)
 

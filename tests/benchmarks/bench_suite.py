@@ -762,6 +762,47 @@ def run_replay(work: Path, fixture: Path, name: str) -> dict[str, Any]:
     }
 
 
+def run_units(work: Path, wire: Wire, expected: Expected, name: str) -> dict[str, Any]:
+    from dataflows.config import SAMPLE_CONFIG, load_config
+
+    out = work / f"{name}.outputs"
+    t0 = time.time()
+    child = Child.start(
+        [PY, str(Path(__file__).resolve()), "--role", "units", "--wire", str(wire.path),
+         "--config", str(SAMPLE_CONFIG), "--out", str(out)],
+        work / f"{name}.log",
+        env=clean_env(),
+        started=t0,
+        stdout=subprocess.PIPE,
+    )
+    stdout = child.proc.stdout.read() if child.proc.stdout else b""
+    child.wait(3600)
+    if child.code != 0:
+        msg = f"units run exited {child.code}: {child.tail()}"
+        raise RuntimeError(msg)
+    res = json.loads(stdout)
+    with open(out, "rb") as fh:
+        written = pickle.load(fh)  # noqa: S301 - our own file
+    out.unlink()
+    check = check_outputs([Msg(topic, 0, key.encode() if key else None, value, None)
+                           for topic, key, value in written], expected,
+                          load_config(SAMPLE_CONFIG, environ={}))
+    seconds = res["seconds"]
+    return {
+        "records_in": res["records"],
+        "records_out": res["outputs"],
+        "records_per_s": res["records"] / seconds,
+        "engine_s": round(seconds, 3),
+        "cpu_us_per_record": round(seconds / res["records"] * 1e6, 1),
+        "stage_us_per_record": {k: round(v / res["records"] * 1e6, 2)
+                                for k, v in res["stages"].items()},
+        "peak_rss_mib": (child.maxrss_kib or 0) / 1024,
+        "check": check.as_dict(),
+        "ok": check.ok,
+        "check_text": check.short(),
+    }
+
+
 def run_ceiling(work: Path, wire: Wire, name: str, decoder: str = "fastavro") -> dict[str, Any]:
     with Env(work, name) as env:
         preload(env.bootstrap, wire.records())
@@ -1131,6 +1172,103 @@ def role_ceiling(args: argparse.Namespace) -> int:
     return 0
 
 
+def role_units(args: argparse.Namespace) -> int:
+    """The job's own per-record work with no engine and no Kafka: the availability steps'
+    logic called directly on the wire records (in memory before the clock starts), outputs
+    Avro-encoded but not produced. Whatever Bytewax and the Kafka client cost comes on top."""
+    from dataflows.config import load_config
+    from dataflows.gc_tuning import tune_gc
+    from operators.decode import Decoded
+    from operators.normalise import ItemRouter
+    from operators.records import Output, RawRecord
+    from operators.steps import Letters, order_logic, project_logic, shard_of, sort_batch
+    from schemas import codec
+
+    config = load_config(args.config, environ={})
+    t = config.topics
+    schemas = {topic: t.input_schemas[topic] for topic in (t.wms_transactions, t.erp_documents, t.items)}
+    # Batches as the live source makes them: up to 1,000 records of one partition, the
+    # partitions taken in turn.
+    parts: dict[tuple[str, int], list[RawRecord]] = {}
+    for topic, part, key, value in Wire(Path(args.wire), Counter(), 0).records():
+        rows = parts.setdefault((topic, part), [])
+        rows.append(RawRecord(topic, part, len(rows), key.decode() if key else None, value,
+                              now_ms()))
+    batches = []
+    for start in range(0, max(len(r) for r in parts.values()), 1000):
+        batches += [rows[start:start + 1000] for rows in parts.values() if start < len(rows)]
+    records = sum(len(b) for b in batches)
+    tune_gc()
+    clock = time.time
+    orders: dict[str, Any] = {}
+    projects: dict[str, Any] = {}
+    routers: dict[str, ItemRouter] = {}
+    encoders: dict[str, Any] = {}
+    stages = dict.fromkeys(("decode + sort", "sequence + normalise", "ATP + channel records",
+                            "Avro encode"), 0.0)
+    written = []
+    perf = time.perf_counter
+    t0 = perf()
+    for raws in batches:
+        ta = perf()
+        chunks: dict[str, list[Any]] = {}
+        letters = Letters()
+        for x in sort_batch(raws, schemas, t.items):
+            if x.__class__ is tuple:
+                chunks.setdefault(x[0], []).append(x[1])
+            elif x.__class__ is Decoded:
+                if x.invalid:
+                    continue  # the dead-letter path of a bad item-master record: rare
+                router = routers.setdefault(x.rec.sku, ItemRouter(None))
+                for code, update in router.on_item(x.rec):
+                    chunks.setdefault(shard_of(code), []).append([(code, update)])
+            else:
+                letters += x
+        tb = perf()
+        movements: dict[str, list[Any]] = {}
+        for shard, values in chunks.items():
+            logic = orders.get(shard)
+            if logic is None:
+                logic = orders[shard] = order_logic(
+                    None, gap_timeout=config.gap_timeout, max_buffered=config.max_buffered,
+                    max_clock_skew=config.max_clock_skew, locations=config.locations,
+                    unknown_item_timeout=config.unknown_item_timeout, mode="live", clock=clock)
+            for x in logic.on_batch(values)[0]:
+                if x.__class__ is tuple:
+                    movements.setdefault(x[0], []).append(x[1])
+                else:
+                    letters += x
+        tc = perf()
+        outs: list[Any] = []
+        for shard, values in movements.items():
+            logic = projects.get(shard)
+            if logic is None:
+                logic = projects[shard] = project_logic(
+                    None, channels=config.channels, topic_of=t.availability,
+                    version_clock=lambda: int(clock() * 1000))
+            for x in logic.on_batch(values)[0]:
+                if x.__class__ is Letters:
+                    letters += x
+                else:
+                    outs += x
+        outs += [Output(t.dead_letter, dl.key, "DeadLetter", dl.as_avro()) for dl in letters]
+        td = perf()
+        for o in outs:
+            encode = encoders.get(o.schema)
+            if encode is None:
+                encode = encoders[o.schema] = codec(o.schema).encode
+            written.append((o.topic, o.key, encode(o.value)))
+        te = perf()
+        for name, dt in zip(stages, (tb - ta, tc - tb, td - tc, te - td), strict=True):
+            stages[name] += dt
+    total = perf() - t0
+    with open(args.out, "wb") as fh:
+        pickle.dump(written, fh, protocol=pickle.HIGHEST_PROTOCOL)
+    print(json.dumps({"records": records, "outputs": len(written), "seconds": total,
+                      "stages": stages}))
+    return 0
+
+
 def role_tail(args: argparse.Namespace) -> int:
     topics = args.topics.split(",")
     c = Consumer({"bootstrap.servers": args.bootstrap, **CONSUMER})
@@ -1228,6 +1366,7 @@ LABELS = {
     "live-1p-recovery": "live, 1 process, recovery (10 s snapshots)",
     "live-2p-recovery": "live, 2 processes, recovery (10 s snapshots)",
     "replay": "replay (atpflow replay)",
+    "units": "the job's step logic alone: no engine, no Kafka (outputs encoded, not sent)",
 }
 ALL = [*LABELS, "latency", "memory"]
 
@@ -1314,6 +1453,9 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
         vals = [r[k] for r in good if r.get(k) is not None]
         if vals:
             out[k] = median(vals)
+    stages = [r["stage_us_per_record"] for r in good if "stage_us_per_record" in r]
+    if stages:
+        out["stage_us_per_record"] = {k: median(s[k] for s in stages) for k in stages[0]}
     if any("ok" in r for r in runs):
         out["correct"] = all(r.get("ok") for r in runs)
         out["check_text"] = "; ".join(
@@ -1358,11 +1500,16 @@ def table(report: dict[str, Any]) -> str:
         if r["ok_runs"] < r["runs"]:
             check = f"{r['runs'] - r['ok_runs']} run(s) failed; " + check
         cpu = r.get("cpu_us_per_record")
-        cpu_text = f"{cpu:,.1f} ({r['cpu_busy']:.2f})" if cpu else "-"
+        busy = r.get("cpu_busy")
+        cpu_text = f"{cpu:,.1f}" + (f" ({busy:.2f})" if busy else "") if cpu else "-"
         lines.append(
             f"| {label} | {fmt(rate)} | {ratio} | {fmt(r.get('wall_s'), 1)} | "
             f"{fmt(r.get('first_output_s'), 2)} | {fmt(r.get('peak_rss_mib'))} | {cpu_text} | {check} |"
         )
+    stages = (s.get("units") or {}).get("stage_us_per_record")
+    if stages:
+        lines += ["", "step logic alone, us per input record: "
+                  + ", ".join(f"{k} {v:.1f}" for k, v in stages.items())]
     lat = report.get("latency") or {}
     if lat:
         lines += [
@@ -1438,7 +1585,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--workdir", help="keep fixtures, logs and replay outputs here (default: a temp dir)"
     )
-    p.add_argument("--role", choices=["ceiling", "tail"], help=argparse.SUPPRESS)
+    p.add_argument("--role", choices=["ceiling", "tail", "units"], help=argparse.SUPPRESS)
+    p.add_argument("--wire", help=argparse.SUPPRESS)
+    p.add_argument("--config", help=argparse.SUPPRESS)
     p.add_argument("--bootstrap", help=argparse.SUPPRESS)
     p.add_argument("--topics", help=argparse.SUPPRESS)
     p.add_argument("--decoder", choices=["fastavro", "compiled"], default="fastavro",
@@ -1455,6 +1604,8 @@ def main(argv: list[str] | None = None) -> int:
         return role_ceiling(args)
     if args.role == "tail":
         return role_tail(args)
+    if args.role == "units":
+        return role_units(args)
     # SIGTERM unwinds like Ctrl-C, so the `with` blocks stop the broker and the job by pid.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     only = [x.strip() for x in args.only.split(",") if x.strip()]
@@ -1514,6 +1665,9 @@ def main(argv: list[str] | None = None) -> int:
                         recovery=rec,
                         timeout=timeout,
                     )
+            if "units" in only:
+                _safe(results, errors, "units", run_units, work, main_data.wire,
+                      main_data.expected, f"units-{r}")
             if "replay" in only:
                 if r == 0:
                     results.setdefault("replay", []).append(main_data.replay)
@@ -1576,7 +1730,7 @@ def main(argv: list[str] | None = None) -> int:
             "args": {
                 k: v
                 for k, v in vars(args).items()
-                if k not in ("role", "bootstrap", "topics", "count", "out", "timeout")
+                if k not in ("role", "bootstrap", "topics", "count", "out", "timeout", "wire", "config")
             },
         }
         report["data"] = (
