@@ -23,6 +23,8 @@ from operators.normalise import Movement
 from operators.records import DeadLetter, Reason, dead_letter
 from operators.reference import Channel, Channels
 
+_tuple_new = tuple.__new__
+
 __all__ = [
     "Applied",
     "Cell",
@@ -199,11 +201,15 @@ class Projector:
         #: channel keys still owed their first result after a resume
         self.force: set[ChannelKey] | None = set(state.emitted) if resumed else None
 
-    def on_movement(self, m: Movement) -> Applied:
-        """Apply one movement; returns the availability records it changed."""
+    def on_movement(self, m: Movement, now_ms: int | None = None) -> Applied:
+        """Apply one movement; returns the availability records it changed.
+
+        `now_ms`: the version clock's reading, if the caller read it once for a whole batch.
+        """
         st = self.state
         st.sku = m.sku
-        replayed = m.raw.replayed
+        raw = m.raw
+        replayed = raw.replayed if raw.headers else False
         if replayed and st.replayed_ids and m.source_id in st.replayed_ids:
             return Applied([], duplicate=True)  # a dead letter replayed again
         cell = st.cells.get(m.warehouse)
@@ -230,13 +236,13 @@ class Projector:
             if (same_atp and (same_incoming or not target.channel.include_incoming)
                     and target.key in emitted and not (force and target.key in force)):
                 continue
-            record = self._project(target, m, blocks)
+            record = self._project(target, m, blocks, now_ms)
             if record is not None:
                 out.append(record)
-        return Applied(out)
+        return _tuple_new(Applied, (out, None, False))
 
-    def _project(self, target: _Target, m: Movement, blocks: dict[str, dict[str, Any]]
-                 ) -> dict[str, Any] | None:
+    def _project(self, target: _Target, m: Movement, blocks: dict[str, dict[str, Any]],
+                 now_ms: int | None) -> dict[str, Any] | None:
         # The hot path (2-3 calls per movement): `channel_available` and `Cell.atp`/`drift` are
         # inlined here, and one movement's records share each warehouse's block (records are
         # never changed once built); tests/test_availability.py proves the records equal the
@@ -277,7 +283,9 @@ class Projector:
         if self.version_clock is None:
             version = prev_version + 1
         else:
-            version = max(prev_version + 1, self.version_clock() * 1000)
+            if now_ms is None:
+                now_ms = self.version_clock()
+            version = max(prev_version + 1, now_ms * 1000)
         emitted[key] = (available, version)
         as_of = 0
         basis = []

@@ -588,7 +588,7 @@ class _ProjectShard(StatefulBatchLogic[list[Movement], Any, dict[str, SkuState]]
         state = self.states.get(sku)
         if state is None:
             state = self.states[sku] = SkuState()
-        if sku in self.resumed:
+        if self.resumed and sku in self.resumed:
             self.resumed.discard(sku)
             self.forced[sku] = set(state.emitted)
         p.state = state
@@ -601,10 +601,12 @@ class _ProjectShard(StatefulBatchLogic[list[Movement], Any, dict[str, SkuState]]
         late = Letters()
         applied: Counter[str] = Counter()
         duplicates: Counter[str] = Counter()
+        clock = self.projector.version_clock
+        now_ms = None if clock is None else clock()  # versions: one clock reading per batch
         for movements in values:
             for m in movements:
                 projector = self._projector(m.sku)
-                result = projector.on_movement(m)
+                result = projector.on_movement(m, now_ms)
                 if projector.force is not None and not projector.force:
                     del self.forced[m.sku]
                 if result.duplicate:
