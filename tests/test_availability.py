@@ -454,6 +454,18 @@ def test_live_versions_are_a_hybrid_logical_clock() -> None:
     assert [r["version"] for r in ahead.records] == [(EVENT_T0 + 9_000) * 1000] * 3
 
 
+def test_a_batch_reads_the_version_clock_once_and_versions_still_increase() -> None:
+    def clock() -> int:
+        raise AssertionError("the caller's reading must be used")
+
+    p = _projector(clock=clock)
+    now = EVENT_T0 + 5
+    first = p.on_movement(movement("RECEIPT", 10, seq=1, warehouse="DAL1"), now)
+    second = p.on_movement(movement("RECEIPT", 10, seq=2, warehouse="DAL1"), now)
+    assert [r["version"] for r in first.records] == [now * 1000] * 3
+    assert [r["version"] for r in second.records] == [now * 1000 + 1] * 3
+
+
 def _run_then_resume(clock: Any = None) -> tuple[Projector, SkuState]:
     before = _projector(clock=clock)
     before.on_movement(movement("RECEIPT", 20, seq=1, warehouse="ATL1"))

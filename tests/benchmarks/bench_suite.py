@@ -13,6 +13,8 @@ Tansu broker per measurement, it measures:
 - live: `atpflow run --flow availability --stop-at-eof` (all channels of the sample config,
   dead letters, metrics endpoint on) with 1 and 2 processes, recovery off and on;
 - replay: `atpflow replay --flow availability`;
+- units: the job's step logic called directly, no engine and no Kafka (a floor for the live
+  job), with a per-stage breakdown;
 - latency at fixed offered rates: the live job with a paced producer, next to the broker's own
   produce-to-consume latency (paced producer, plain consumer);
 - memory: peak RSS of every job process, and bytes per stream with ~1,000,000 live streams;
@@ -22,7 +24,8 @@ Every live output is checked against replay (the last record per key by version 
 replay's quantity): a benchmark of a wrong answer is worthless, so a failed check is shown in the
 table and makes the command exit 1.
 
-Internal roles (`--role ceiling|tail`) run the plain consumers in their own processes.
+Internal roles (`--role ceiling|tail|units`) run the plain consumers and the step logic in their
+own processes.
 """
 
 from __future__ import annotations
