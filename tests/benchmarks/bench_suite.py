@@ -765,25 +765,24 @@ def run_replay(work: Path, fixture: Path, name: str) -> dict[str, Any]:
     }
 
 
+def run_role(args: list[str], log_path: Path, what: str) -> tuple[Child, dict[str, Any]]:
+    """This script in `--role args[0]`, in its own process; its JSON line on stdout."""
+    child = Child.start([PY, str(Path(__file__).resolve()), "--role", *args], log_path,
+                        env=clean_env(), started=time.time(), stdout=subprocess.PIPE)
+    stdout = child.proc.stdout.read() if child.proc.stdout else b""
+    child.wait(3600)
+    if child.code != 0:
+        msg = f"{what} exited {child.code}: {child.tail()}"
+        raise RuntimeError(msg)
+    return child, json.loads(stdout)
+
+
 def run_units(work: Path, wire: Wire, expected: Expected, name: str) -> dict[str, Any]:
     from dataflows.config import SAMPLE_CONFIG, load_config
 
     out = work / f"{name}.outputs"
-    t0 = time.time()
-    child = Child.start(
-        [PY, str(Path(__file__).resolve()), "--role", "units", "--wire", str(wire.path),
-         "--config", str(SAMPLE_CONFIG), "--out", str(out)],
-        work / f"{name}.log",
-        env=clean_env(),
-        started=t0,
-        stdout=subprocess.PIPE,
-    )
-    stdout = child.proc.stdout.read() if child.proc.stdout else b""
-    child.wait(3600)
-    if child.code != 0:
-        msg = f"units run exited {child.code}: {child.tail()}"
-        raise RuntimeError(msg)
-    res = json.loads(stdout)
+    child, res = run_role(["units", "--wire", str(wire.path), "--config", str(SAMPLE_CONFIG),
+                           "--out", str(out)], work / f"{name}.log", "units run")
     with open(out, "rb") as fh:
         written = pickle.load(fh)  # noqa: S301 - our own file
     out.unlink()
@@ -809,31 +808,10 @@ def run_units(work: Path, wire: Wire, expected: Expected, name: str) -> dict[str
 def run_ceiling(work: Path, wire: Wire, name: str, decoder: str = "fastavro") -> dict[str, Any]:
     with Env(work, name) as env:
         preload(env.bootstrap, wire.records())
-        t0 = time.time()
-        child = Child.start(
-            [
-                PY,
-                str(Path(__file__).resolve()),
-                "--role",
-                "ceiling",
-                "--bootstrap",
-                env.bootstrap,
-                "--topics",
-                ",".join(env.input_topics),
-                "--decoder",
-                decoder,
-            ],
-            env.dir / "ceiling.log",
-            env=clean_env(),
-            started=t0,
-            stdout=subprocess.PIPE,
-        )
-        stdout = child.proc.stdout.read() if child.proc.stdout else b""
-        child.wait(3600)
-        if child.code != 0:
-            msg = f"ceiling consumer exited {child.code}: {child.tail()}"
-            raise RuntimeError(msg)
-        res = json.loads(stdout)
+        child, res = run_role(["ceiling", "--bootstrap", env.bootstrap, "--topics",
+                               ",".join(env.input_topics), "--decoder", decoder],
+                              env.dir / "ceiling.log", "ceiling consumer")
+    t0 = child.started
     if res["records"] != wire.total:
         msg = f"ceiling read {res['records']} records, {wire.total} were published"
         raise RuntimeError(msg)
