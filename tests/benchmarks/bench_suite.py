@@ -1161,7 +1161,7 @@ def role_units(args: argparse.Namespace) -> int:
     from dataflows.gc_tuning import tune_gc
     from operators.decode import Decoded
     from operators.normalise import ItemRouter
-    from operators.records import Output, RawRecord
+    from operators.records import Output, RawRecord, Reason, dead_letter
     from operators.steps import Letters, order_logic, project_logic, shard_of, sort_batch
     from schemas import codec
 
@@ -1203,8 +1203,10 @@ def role_units(args: argparse.Namespace) -> int:
             if x.__class__ is tuple:
                 chunks.setdefault(x[0], []).append(x[1])
             elif x.__class__ is Decoded:
-                if x.invalid:
-                    continue  # the dead-letter path of a bad item-master record: rare
+                if x.invalid:  # as the flow's `validate_items` step does
+                    letters.append(dead_letter(x.raw, Reason.INVALID_RECORD, x.invalid,
+                                               x.rec.sku or None))
+                    continue
                 router = routers.setdefault(x.rec.sku, ItemRouter(None))
                 for code, update in router.on_item(x.rec):
                     chunks.setdefault(shard_of(code), []).append([(code, update)])
