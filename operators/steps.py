@@ -54,6 +54,7 @@ __all__ = [
     "Letters",
     "Mode",
     "OrderShardState",
+    "ProjectShard",
     "SortOut",
     "SplitOut",
     "chunk",
@@ -63,7 +64,6 @@ __all__ = [
     "emit_records",
     "order_logic",
     "order_step",
-    "project_logic",
     "project_step",
     "route_items_step",
     "shard_of",
@@ -91,7 +91,6 @@ class SplitOut:
 
     oks: Stream[Any]
     errs: Stream[Any]
-
 
 
 class Letters(list):  # type: ignore[type-arg]
@@ -570,7 +569,9 @@ def order_step(
 # -- ATP + channel projection ---------------------------------------------------------------
 
 
-class _ProjectShard(StatefulBatchLogic[list[Movement], Any, dict[str, SkuState]]):
+class ProjectShard(StatefulBatchLogic[list[Movement], Any, dict[str, SkuState]]):
+    """One shard of the project step (also driven without the engine by the units benchmark)."""
+
     def __init__(
         self, states: dict[str, SkuState] | None, channels: Channels, topic_of: Callable[[str], str],
         version_clock: Callable[[], int] | None,
@@ -644,17 +645,6 @@ class _ProjectShard(StatefulBatchLogic[list[Movement], Any, dict[str, SkuState]]
         return self.states
 
 
-def project_logic(
-    resume: dict[str, SkuState] | None,
-    *,
-    channels: Channels,
-    topic_of: Callable[[str], str],
-    version_clock: Callable[[], int] | None,
-) -> StatefulBatchLogic[Any, Any, Any]:
-    """One shard of the project step (also called without the engine by the units benchmark)."""
-    return _ProjectShard(resume, channels, topic_of, version_clock)
-
-
 @operator
 def project_step(
     step_id: str,
@@ -669,8 +659,7 @@ def project_step(
     Takes `(shard of sku, [Movement])` chunks; `oks` are `[Output]` chunks, `errs` `Letters`.
     """
 
-    def build(resume: dict[str, SkuState] | None) -> StatefulBatchLogic[Any, Any, Any]:
-        return project_logic(resume, channels=channels, topic_of=topic_of,
-                             version_clock=version_clock)
+    def build(resume: dict[str, SkuState] | None) -> ProjectShard:
+        return ProjectShard(resume, channels, topic_of, version_clock)
 
     return _split_letters("split", _values("values", op.stateful_batch("project", movements, build)))

@@ -1162,7 +1162,7 @@ def role_units(args: argparse.Namespace) -> int:
     from operators.decode import Decoded
     from operators.normalise import ItemRouter
     from operators.records import Output, RawRecord, Reason, dead_letter
-    from operators.steps import Letters, order_logic, project_logic, shard_of, sort_batch
+    from operators.steps import Letters, ProjectShard, order_logic, shard_of, sort_batch
     from schemas import codec
 
     config = load_config(args.config, environ={})
@@ -1231,9 +1231,8 @@ def role_units(args: argparse.Namespace) -> int:
         for shard, values in movements.items():
             logic = projects.get(shard)
             if logic is None:
-                logic = projects[shard] = project_logic(
-                    None, channels=config.channels, topic_of=t.availability,
-                    version_clock=lambda: int(clock() * 1000))
+                logic = projects[shard] = ProjectShard(
+                    None, config.channels, t.availability, lambda: int(clock() * 1000))
             for x in logic.on_batch(values)[0]:
                 if x.__class__ is Letters:
                     letters += x
