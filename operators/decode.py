@@ -27,7 +27,7 @@ from operators.models import (
     describe_validation_error,
 )
 from operators.records import DeadLetter, RawRecord, Reason, dead_letter
-from schemas import DecodeError, codec
+from schemas import DecodeError, _avro, codec
 
 __all__ = ["MODELS", "Decoded", "decode", "digest", "quick_model"]
 
@@ -95,6 +95,8 @@ def _quick_rules(model: type[BaseModel]) -> _Rules | None:
 
 
 _QUICK = {schema: _quick_rules(model) for schema, model in MODELS.items()}
+#: the compiled twin of the checks and construction below (schemas/_avro.pyx), if built
+_construct = getattr(_avro, "construct", None)
 
 
 def quick_model(schema: str, fields: dict[str, Any]) -> BaseModel | None:
@@ -102,6 +104,8 @@ def quick_model(schema: str, fields: dict[str, Any]) -> BaseModel | None:
     rules = _QUICK[schema]
     if rules is None:
         return None
+    if _construct is not None:
+        return _construct(*rules, fields)  # type: ignore[no-any-return]
     model, codes, positive = rules
     for name in codes:
         if not fields[name]:

@@ -1,7 +1,7 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 """Compiled Avro for the per-record hot path (built at install by setup.py; optional).
 
-Two functions, each a faster twin of a fastavro call on a fixed family of schemas:
+Three functions, each a faster twin of a Python call on a fixed family of schemas:
 
 - `read_flat(data, plan)`: a record of strings, longs, enums, `[null, string]`,
   `[null, long]` and bytes decimals (every upstream movement schema). It accepts only a
@@ -12,8 +12,10 @@ Two functions, each a faster twin of a fastavro call on a fixed family of schema
 - `encode_availability(record)`: `AvailabilityRecord` as fastavro writes it. A value of
   an unexpected type raises `TypeError`/`OverflowError`/`KeyError`, and the caller falls
   back to fastavro (which writes it or raises its own error).
+- `construct(model, codes, positive, fields)`: `operators.decode.quick_model`'s rule check
+  and model construction (tests/test_decode.py runs its tests on both).
 
-tests/test_avro_compiled.py proves both against fastavro on generated records and
+tests/test_avro_compiled.py proves the codec against fastavro on generated records and
 mutated bytes. Any change to the schemas' field lists must be mirrored here (the tests
 fail otherwise).
 """
@@ -27,6 +29,8 @@ from libc.string cimport memcpy
 
 cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object s, Py_ssize_t* size) except NULL
+    int PyObject_GenericSetAttr(object o, object name, object value) except -1
+    int PyObject_GenericSetDict(object o, object value, void* context) except -1
     int PyFloat_Pack8(double x, char* p, int le) except -1
 
 from decimal import Context
@@ -121,6 +125,29 @@ def read_flat(bytes data, list plan):
     if pos != n:
         return None
     return out
+
+
+# -- model construction -------------------------------------------------------------------
+
+
+def construct(model, tuple codes, tuple positive, dict fields):
+    """`model` holding `fields` as pydantic's `model_construct` builds it, or None if a code
+    is empty or a number below 1 (then pydantic validates and names the field)."""
+    cdef str name
+    for name in codes:
+        if not fields[name]:
+            return None
+    for name in positive:
+        if fields[name] < 1:
+            return None
+    rec = model.__new__(model)
+    # The generic setters, as object.__setattr__ does: pydantic's own __setattr__ would
+    # refuse a frozen model.
+    PyObject_GenericSetDict(rec, fields, NULL)
+    PyObject_GenericSetAttr(rec, "__pydantic_fields_set__", set(fields))
+    PyObject_GenericSetAttr(rec, "__pydantic_extra__", None)
+    PyObject_GenericSetAttr(rec, "__pydantic_private__", None)
+    return rec
 
 
 # -- writing ------------------------------------------------------------------------------

@@ -344,13 +344,21 @@ def _avro_level(schema: str) -> Any:
     return st.fixed_dictionaries(out)
 
 
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "python"])
 @pytest.mark.parametrize("schema", ["WmsInventoryTransaction", "ErpInventoryDocument",
                                     "CarrierTrackingEvent"])
-def test_quick_model_accepts_exactly_what_pydantic_accepts(schema: str) -> None:
+def test_quick_model_accepts_exactly_what_pydantic_accepts(
+        schema: str, compiled: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     from hypothesis import given, settings
     from pydantic import ValidationError
 
+    from operators import decode
     from operators.decode import MODELS, quick_model
+
+    if compiled and decode._construct is None:
+        pytest.skip("the compiled codec is not built")
+    if not compiled:
+        monkeypatch.setattr(decode, "_construct", None)
 
     @settings(max_examples=400, deadline=None)
     @given(_avro_level(schema))

@@ -98,8 +98,6 @@ def test_group_sends_every_output_to_the_partition_its_key_routes_to() -> None:
 
 
 def test_bulk_histogram_observation_equals_observing_each_value() -> None:
-    from collections import Counter
-
     from prometheus_client import CollectorRegistry, Histogram
 
     from sinks.kafka import _observe_many
@@ -109,10 +107,12 @@ def test_bulk_histogram_observation_equals_observing_each_value() -> None:
     one = Histogram("one", "h", buckets=buckets, registry=registry)
     bulk = Histogram("bulk", "h", buckets=buckets, registry=registry)
     now_ms = 1_767_225_600_000.0
+    # on the bounds, either side of them, repeated, beyond the last, and in the future
     stamps = [now_ms - d for d in (0, 1, 5, 5, 5, 50, 499, 500, 501, 999, 1000, 4999, 70000, -3)]
+    stamps += [int(now_ms) - d for d in range(0, 6000, 7)]
     for ts in stamps:
         one.observe((now_ms - ts) / 1000)
-    _observe_many(bulk, now_ms, Counter(stamps))
+    _observe_many(bulk, now_ms, stamps)
 
     def samples(name: str) -> dict:
         return {(s.name.removeprefix(name), s.labels.get("le")): s.value
@@ -139,6 +139,20 @@ def test_written_metrics_count_every_record_and_keep_the_newest_event_time_per_s
     latency = metrics.INPUT_TO_OUTPUT_LATENCY.labels("t-metrics")
     assert sum(b.get() for b in latency._buckets) == 2  # the two records with an input timestamp
     assert 1.9 < latency._sum.get() < 2.5
+
+
+def test_written_metrics_keep_the_newest_event_time_of_each_source_in_a_mixed_batch() -> None:
+    from sinks.kafka import _newest_event_ms, _observe_written
+
+    now_ms = int(time.time() * 1000)
+    times = {"src-c": [now_ms - 50_000 + 7 * i for i in range(300)],
+             "src-d": [now_ms - 90_000 + 11 * i for i in range(300)]}
+    outs = [Output("t-mixed", "k", "s", {}, now_ms, et, source)
+            for pair in zip(times["src-c"][::-1], times["src-d"], strict=True)
+            for source, et in zip(("src-c", "src-d"), pair, strict=True)]
+    _observe_written(outs)
+    assert _newest_event_ms["src-c"] == max(times["src-c"])
+    assert _newest_event_ms["src-d"] == max(times["src-d"])
 
 
 def test_parse_since() -> None:
