@@ -1394,9 +1394,11 @@ def _safe(
     *a: Any,
     **kw: Any,
 ) -> dict[str, Any] | None:
-    log(f"{name}: running")
+    probe = host_probe_ms()
+    log(f"{name}: running (host probe {probe} ms)")
     try:
         res = fn(*a, **kw)
+        res["host_probe_ms"] = probe
     except Exception as exc:  # noqa: BLE001 - one failed measurement must not lose the others
         errors.append(f"{name}: {type(exc).__name__}: {exc}")
         log(f"{name}: FAILED: {exc}")
@@ -1419,6 +1421,28 @@ def _safe(
     }
     log(f"{name}: {json.dumps(brief, default=lambda x: round(x, 1))}")
     return res
+
+
+def round_ratios(runs: list[dict[str, Any]], ceilings: list[dict[str, Any]]) -> list[float]:
+    """Each round's throughput over the same round's ceiling (a round runs each measurement
+    once, in order, so the i-th run of each belongs to round i)."""
+    return [r["records_per_s"] / c["records_per_s"] for r, c in zip(runs, ceilings)  # noqa: B905
+            if r.get("records_per_s") and c.get("records_per_s")]
+
+
+def host_probe_ms() -> float:
+    """How fast this host runs plain Python right now: the best of 3 runs of a fixed
+    interpreter-bound loop, in ms (lower is faster). The job is bound by one Python thread
+    while the ceiling is mostly C and broker time, so a slower host lowers the job's ratio to
+    the ceiling: a probe next to every measurement shows when that happened."""
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        d: dict[int, int] = {}
+        for i in range(200_000):
+            d[i & 1023] = d.get(i & 1023, 0) + i
+        best = min(best, time.perf_counter() - t)
+    return round(best * 1000, 1)
 
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -1469,7 +1493,6 @@ def fmt(v: Any, digits: int = 0) -> str:
 
 def table(report: dict[str, Any]) -> str:
     s = report["summary"]
-    ceiling = (s.get("ceiling") or {}).get("records_per_s")
     lines = [
         f"atpflow benchmark, {report['started']}: {report['args']['movements']:,} movements over "
         f"{report['args']['skus']:,} skus ({report['data']['records_in']:,} input records), "
@@ -1487,7 +1510,7 @@ def table(report: dict[str, Any]) -> str:
             continue
         r = s[name]
         rate = r.get("records_per_s")
-        ratio = f"{rate / ceiling:.2f}" if rate and ceiling else "-"
+        ratio = f"{r['vs_ceiling']:.2f}" if r.get("vs_ceiling") else "-"
         reference = name in ("ceiling", "ceiling-compiled", "replay")
         check = r.get("check_text", "n/a (the reference)" if reference else "-")
         if r["ok_runs"] < r["runs"]:
@@ -1499,6 +1522,12 @@ def table(report: dict[str, Any]) -> str:
             f"| {label} | {fmt(rate)} | {ratio} | {fmt(r.get('wall_s'), 1)} | "
             f"{fmt(r.get('first_output_s'), 2)} | {fmt(r.get('peak_rss_mib'))} | {cpu_text} | {check} |"
         )
+    lines += ["", "vs ceiling: the median of each round's ratio to the same round's ceiling"]
+    probe = report.get("host_probe_ms")
+    if probe:
+        lines[-1] += (f"; host probe (a fixed pure-Python loop before each measurement, lower is "
+                      f"faster): {probe['min']:.0f} to {probe['max']:.0f} ms, median "
+                      f"{probe['median']:.0f}")
     stages = (s.get("units") or {}).get("stage_us_per_record")
     if stages:
         lines += ["", "step logic alone, us per input record: "
@@ -1739,10 +1768,16 @@ def main(argv: list[str] | None = None) -> int:
         report["summary"] = {
             n: summarise(runs) for n, runs in results.items() if not n.startswith("latency-")
         }
-        ceiling = (report["summary"].get("ceiling") or {}).get("records_per_s")
-        for s in report["summary"].values():
-            if ceiling and s.get("records_per_s"):
-                s["vs_ceiling"] = s["records_per_s"] / ceiling
+        for name, s in report["summary"].items():
+            ratios = round_ratios(results.get(name, []), results.get("ceiling", []))
+            if ratios:
+                s["vs_ceiling_by_round"] = ratios
+                s["vs_ceiling"] = median(ratios)
+        probes = [r["host_probe_ms"] for n, runs in results.items() for r in runs
+                  if "host_probe_ms" in r]
+        if probes:
+            report["host_probe_ms"] = {"min": min(probes), "median": median(probes),
+                                       "max": max(probes)}
         report["latency"] = {
             rate: {"job": summarise(v["job"]), "broker": summarise(v["broker"])}
             for rate, v in latency.items()
