@@ -699,6 +699,8 @@ def _observe_many(histogram: Any, now_ms: float, stamps: list[int]) -> None:
     uses the child's `_upper_bounds`, `_buckets` and `_sum` (stable since 0.4; 0.26 here)
     and falls back to `observe()` per value if those ever change.
     """
+    if not stamps:
+        return
     try:
         bounds, buckets, total = histogram._upper_bounds, histogram._buckets, histogram._sum
     except AttributeError:

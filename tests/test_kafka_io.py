@@ -120,6 +120,8 @@ def test_bulk_histogram_observation_equals_observing_each_value() -> None:
                 if not s.name.endswith("_created")}
 
     assert samples("bulk") == pytest.approx(samples("one"))
+    _observe_many(bulk, now_ms, [])  # nothing to observe: no change
+    assert samples("bulk") == pytest.approx(samples("one"))
 
 
 def test_written_metrics_count_every_record_and_keep_the_newest_event_time_per_source() -> None:
