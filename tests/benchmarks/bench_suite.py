@@ -1426,7 +1426,7 @@ def _safe(
 def round_ratios(runs: list[dict[str, Any]], ceilings: list[dict[str, Any]]) -> list[float]:
     """Each round's throughput over the same round's ceiling (a round runs each measurement
     once, in order, so the i-th run of each belongs to round i)."""
-    return [r["records_per_s"] / c["records_per_s"] for r, c in zip(runs, ceilings)  # noqa: B905
+    return [r["records_per_s"] / c["records_per_s"] for r, c in zip(runs, ceilings, strict=False)
             if r.get("records_per_s") and c.get("records_per_s")]
 
 
@@ -1773,7 +1773,7 @@ def main(argv: list[str] | None = None) -> int:
             if ratios:
                 s["vs_ceiling_by_round"] = ratios
                 s["vs_ceiling"] = median(ratios)
-        probes = [r["host_probe_ms"] for n, runs in results.items() for r in runs
+        probes = [r["host_probe_ms"] for runs in results.values() for r in runs
                   if "host_probe_ms" in r]
         if probes:
             report["host_probe_ms"] = {"min": min(probes), "median": median(probes),
