@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import importlib.util
 import os
 import signal
 import subprocess
@@ -33,6 +34,9 @@ from pathlib import Path
 
 from dataflows.config import Config
 from dataflows.live import CONFIG_ENV, STOP_AT_EOF_ENV
+
+#: Built by setup.py where a C compiler is; without them atpflow runs the same, slower.
+COMPILED_PARTS = ("schemas._avro", "operators._order", "operators._project")
 
 __all__ = ["bytewax_command", "run_flows"]
 
@@ -140,11 +144,11 @@ def run_flows(config: Config, args: argparse.Namespace, flows: list[str]) -> int
                       "availability flow from scratch (delete that directory, then `atpflow "
                       "recovery init`; see docs/OPERATIONS.md)", file=sys.stderr)
                 return 2
-    from schemas import COMPILED
-
-    if not COMPILED:
-        print("atpflow run: the compiled Avro codec is not built (reinstall with a C compiler: "
-              "pip install -e .); running on fastavro, slower", file=sys.stderr)
+    missing = [name for name in COMPILED_PARTS if importlib.util.find_spec(name) is None]
+    if missing:
+        print(f"atpflow run: compiled parts not built ({', '.join(missing)}; reinstall with a C "
+              "compiler: pip install -e .); running on fastavro and pure Python, slower",
+              file=sys.stderr)
     children: list[subprocess.Popen[bytes]] = []
     preexec = _die_with_parent if sys.platform.startswith("linux") else None
     for i, flow in enumerate(flows):

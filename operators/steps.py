@@ -48,6 +48,13 @@ from operators.records import DeadLetter, Output, RawRecord
 from operators.reference import Channels, Locations
 from operators.sequencing import Outcome, Sequencer, SequencerState
 
+# Compiled twins of the order and project steps' common case, built by setup.py where a C
+# compiler is (optional, like schemas/_avro.pyx); the Python code stays the reference.
+try:
+    from operators import _order, _project
+except ImportError:
+    _order = _project = None
+
 __all__ = [
     "SHARDS",
     "Clock",
@@ -330,6 +337,8 @@ class _OrderShard(StatefulBatchLogic[list[Any], Any, OrderShardState]):
         self.state = state if state is not None else OrderShardState()
         self.seq, self.norm = seq, norm
         self.mode, self.clock = mode, clock
+        #: apply the common case compiled (operators/_order.pyx) when built; tests compare both
+        self.compiled = _order is not None
         self.gaps: dict[str, float] = {}
         self.parks: dict[str, float] = {}
         if mode == "live" and state is not None:
@@ -406,8 +415,12 @@ class _OrderShard(StatefulBatchLogic[list[Any], Any, OrderShardState]):
         buffered = gaps_open = parked = 0
         dup_sources: Counter[str] = Counter()
         seq, streams, gaps, live = self.seq, self.state.streams, self.gaps, self.mode == "live"
+        # The compiled twin applies the records of the common case itself (the fused branch of
+        # the sequencer, then a Movement) and hands the others back, in order, to this loop.
+        fast = _order.Batch(streams, self.state.codes, gaps if live else None, self.norm.locations,
+                            now * 1000 + seq.max_clock_skew * 1000, results) if self.compiled else None
         for chunk_ in values:
-            for d in chunk_:
+            for d in chunk_ if fast is None else fast.rest(chunk_):
                 if d.__class__ is not Decoded:  # an item-master update for a code
                     code, update = d
                     norm = self._code(code)
@@ -456,9 +469,12 @@ class _OrderShard(StatefulBatchLogic[list[Any], Any, OrderShardState]):
         for dl in out.dead:
             if dl.gap is not None:
                 metrics.GAP_SKIPS.labels(dl.gap["stream"].split("|", 1)[0]).inc()
-        dead += (r for r in results if r.__class__ is not Movement)
-        chunks: list[Any] = list(
-            _group((shard_of(r.sku), r) for r in results if r.__class__ is Movement).items())
+        chunks: list[Any]
+        if self.compiled:  # the same split, without a Python call per result
+            chunks = _order.group(results, _SHARD_NAMES, shard_of, dead)
+        else:
+            dead += (r for r in results if r.__class__ is not Movement)
+            chunks = list(_group((shard_of(r.sku), r) for r in results if r.__class__ is Movement).items())
         if dead:
             chunks.append(dead)
         return chunks
@@ -583,6 +599,8 @@ class ProjectShard(StatefulBatchLogic[list[Movement], Any, dict[str, SkuState]])
         self.forced: dict[str, set[Any]] = {}
         self.topics = {c.id: topic_of(c.id) for c in channels.channels}
         self.projector = Projector(SkuState(), channels, version_clock)
+        #: take the compiled path (operators/_project.pyx) when built; tests compare both
+        self.compiled = _project is not None
 
     def _projector(self, sku: str) -> Projector:
         p = self.projector
@@ -604,31 +622,14 @@ class ProjectShard(StatefulBatchLogic[list[Movement], Any, dict[str, SkuState]])
         duplicates: Counter[str] = Counter()
         clock = self.projector.version_clock
         now_ms = None if clock is None else clock()  # versions: one clock reading per batch
+        fast = _project.project if self.compiled else None
         for movements in values:
+            if fast is not None:
+                # The same as the loop below; movements it does not take come back to `one`.
+                fast(self, movements, now_ms, out, late, applied, duplicates)
+                continue
             for m in movements:
-                projector = self._projector(m.sku)
-                result = projector.on_movement(m, now_ms)
-                if projector.force is not None and not projector.force:
-                    del self.forced[m.sku]
-                if result.duplicate:
-                    duplicates[m.source] += 1
-                    continue
-                if result.late is not None:
-                    late.append(result.late)
-                    continue
-                applied[m.source] += 1
-                if result.records:
-                    sku, topics, ts = m.sku, self.topics, m.raw.timestamp
-                    for r in result.records:
-                        loc = r["location"]
-                        # tuple.__new__: an Output without its NamedTuple's Python-level __new__
-                        out.append(_tuple_new(Output, (
-                            topics[r["channel"]], sku if loc is None else f"{sku}|{loc}",
-                            "AvailabilityRecord", r, ts, m.event_time, m.source)))
-                if m.kind == "STOCK_SNAPSHOT":
-                    drift = projector.state.cells[m.warehouse].drift
-                    if drift is not None:
-                        metrics.ATP_DRIFT.observe(drift)
+                self.one(m, now_ms, out, late, applied, duplicates)
         for source, n in applied.items():
             metrics.RECORDS_APPLIED.labels(source).inc(n)
         for source, n in duplicates.items():
@@ -639,6 +640,33 @@ class ProjectShard(StatefulBatchLogic[list[Movement], Any, dict[str, SkuState]])
         if late:
             chunks.append(late)
         return chunks, RETAIN
+
+    def one(self, m: Movement, now_ms: int | None, out: list[Output], late: Letters,
+            applied: Counter[str], duplicates: Counter[str]) -> None:
+        """One movement: its outputs to `out`, a late one to `late`, counted by source."""
+        projector = self._projector(m.sku)
+        result = projector.on_movement(m, now_ms)
+        if projector.force is not None and not projector.force:
+            del self.forced[m.sku]
+        if result.duplicate:
+            duplicates[m.source] += 1
+            return
+        if result.late is not None:
+            late.append(result.late)
+            return
+        applied[m.source] += 1
+        if result.records:
+            sku, topics, ts = m.sku, self.topics, m.raw.timestamp
+            for r in result.records:
+                loc = r["location"]
+                # tuple.__new__: an Output without its NamedTuple's Python-level __new__
+                out.append(_tuple_new(Output, (
+                    topics[r["channel"]], sku if loc is None else f"{sku}|{loc}",
+                    "AvailabilityRecord", r, ts, m.event_time, m.source)))
+        if m.kind == "STOCK_SNAPSHOT":
+            drift = projector.state.cells[m.warehouse].drift
+            if drift is not None:
+                metrics.ATP_DRIFT.observe(drift)
 
     @override
     def snapshot(self) -> dict[str, SkuState]:

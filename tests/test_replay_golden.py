@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from dataflows.cli import main
+from operators import steps
 
 FIXTURES = Path(__file__).parent / "fixtures" / "availability"
 GOLDEN = FIXTURES / "golden"
@@ -22,8 +23,17 @@ def _replay(fixture: Path, out: Path) -> None:
     assert main(["replay", "--flow", "availability", "--out", str(out), str(fixture)]) == 0
 
 
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "pure"])
 @pytest.mark.parametrize("case", CASES)
-def test_replay_matches_golden_twice(case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_replay_matches_golden_twice(case: str, compiled: bool, tmp_path: Path,
+                                     capsys: pytest.CaptureFixture[str],
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Byte for byte, with the compiled order and project steps and without them (an install
+    without a C compiler)."""
+    if not compiled:
+        monkeypatch.setattr(steps, "_order", None)
+        monkeypatch.setattr(steps, "_project", None)
+    assert (steps._order is not None) == compiled  # a missing build fails here, not skips
     fixture = FIXTURES / f"{case}.jsonl"
     first, second = tmp_path / "a", tmp_path / "b"
     _replay(fixture, first)

@@ -207,10 +207,11 @@ def test_resumed_live_shards_restart_waits_that_ran_on_the_dead_process_clock() 
     assert wake is not None and wake.timestamp() == now + 30  # the gap's, before the park's (+300)
 
 
-def test_order_shard_live_timers_skip_gaps_and_expire_parked_streams() -> None:
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "python"])
+def test_order_shard_live_timers_skip_gaps_and_expire_parked_streams(compiled: bool) -> None:
     """The live wake-ups on a fake clock: a gap skips after gap_timeout and releases what waited;
     a stream parked behind an unknown item is dead-lettered after unknown_item_timeout; the
-    gauges come back to where they started."""
+    gauges come back to where they started. On the compiled order path and the Python one."""
     from operators import metrics
     from operators.normalise import CodeState, Normaliser
     from operators.sequencing import Sequencer, SequencerState
@@ -224,6 +225,7 @@ def test_order_shard_live_timers_skip_gaps_and_expire_parked_streams() -> None:
                     stream_key=stream_key)
     shard = _OrderShard(None, seq, Normaliser(CodeState(), CONFIG.locations, 300), "live",
                         lambda: now[0])
+    shard.compiled = compiled
     start = gauge(metrics.REORDER_BUFFERED), gauge(metrics.OPEN_GAPS), gauge(metrics.PARKED_RECORDS)
     schemas = {"wms.inventory.transactions": "WmsInventoryTransaction", "ref.items": "ItemMaster"}
 
