@@ -12,8 +12,9 @@ ARG PYTHON_IMAGE=python:3.11-slim
 FROM ${PYTHON_IMAGE} AS builder
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
-# A C compiler for the compiled Avro codec (schemas/_avro.pyx, several times faster than fastavro
-# on the hot path); the runtime stage gets the built module only.
+# A C compiler for the compiled parts of the hot path (schemas/_avro.pyx, several times faster
+# than fastavro; operators/_order.pyx, operators/_project.pyx); the runtime stage gets the built
+# modules only.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends gcc libc6-dev \
     && rm -rf /var/lib/apt/lists/*
