@@ -38,6 +38,11 @@ from dataflows.live import CONFIG_ENV, STOP_AT_EOF_ENV
 #: Built by setup.py where a C compiler is; without them atpflow runs the same, slower.
 COMPILED_PARTS = ("schemas._avro", "operators._order", "operators._project")
 
+
+def missing_compiled_parts() -> list[str]:
+    """The compiled parts this install lacks (scripts/setup.sh reports them too)."""
+    return [name for name in COMPILED_PARTS if importlib.util.find_spec(name) is None]
+
 __all__ = ["bytewax_command", "run_flows"]
 
 #: How long children get to stop after SIGTERM before they are killed (Kubernetes waits 30 s
@@ -144,7 +149,7 @@ def run_flows(config: Config, args: argparse.Namespace, flows: list[str]) -> int
                       "availability flow from scratch (delete that directory, then `atpflow "
                       "recovery init`; see docs/OPERATIONS.md)", file=sys.stderr)
                 return 2
-    missing = [name for name in COMPILED_PARTS if importlib.util.find_spec(name) is None]
+    missing = missing_compiled_parts()
     if missing:
         print(f"atpflow run: compiled parts not built ({', '.join(missing)}; reinstall with a C "
               "compiler: pip install -e .); running on fastavro and pure Python, slower",

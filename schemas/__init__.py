@@ -31,7 +31,6 @@ except ImportError:
 
 __all__ = [
     "AVRO_DIR",
-    "COMPILED",
     "SCHEMA_FILES",
     "Codec",
     "DecodeError",
@@ -54,9 +53,6 @@ SCHEMA_FILES = {
     "ShipmentMilestone": "shipment_milestone.avsc",
 }
 
-
-#: The compiled codec is in use (else fastavro and the pure-Python encoder: same bytes, slower).
-COMPILED = _avro is not None
 
 
 class DecodeError(ValueError):

@@ -18,10 +18,11 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 echo "setup: installing atpflow and its dev dependencies"
 .venv/bin/python -m pip install --quiet -e '.[dev]'
-if .venv/bin/python -c "import schemas._avro, operators._order, operators._project" 2>/dev/null; then
+missing=$(.venv/bin/python -c "from dataflows.runner import missing_compiled_parts as m; print(', '.join(m()))")
+if [ -z "$missing" ]; then
   echo "setup: compiled parts built (schemas/_avro.pyx, operators/_order.pyx, operators/_project.pyx)"
 else
-  echo "setup: WARNING: the compiled parts did not build (no C compiler?); atpflow runs on fastavro and pure Python, slower" >&2
+  echo "setup: WARNING: not built: $missing (no C compiler?); atpflow runs on fastavro and pure Python, slower" >&2
 fi
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else "$@"; fi; }

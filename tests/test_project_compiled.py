@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import pickle
-from collections import Counter
 from typing import Any
 
 import pytest
@@ -44,26 +43,27 @@ class _Drift:
         self.seen.append(value)
 
 
+def _counts() -> dict[str, float]:
+    """`atpflow_records_applied_total` and `atpflow_duplicates_total` per source."""
+    return {f"{name} {source}": metric.labels(source)._value.get()
+            for name, metric in (("applied", metrics.RECORDS_APPLIED),
+                                 ("duplicates", metrics.DUPLICATES))
+            for source in ("wms", "erp")}
+
+
 def _run(shard: ProjectShard, batches: list[list[list[Any]]]
-         ) -> tuple[list[Any], list[Any], Counter[str], Counter[str]]:
-    """Every chunk of every batch, the drift observations and the applied/duplicate counts."""
+         ) -> tuple[list[Any], list[Any], dict[str, float]]:
+    """Every chunk of every batch, the drift observations and the counts it added."""
     drift = _Drift()
-    counted: dict[str, Counter[str]] = {"applied": Counter(), "duplicates": Counter()}
+    before = _counts()
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(metrics, "ATP_DRIFT", drift)
-        for name, metric in (("applied", metrics.RECORDS_APPLIED),
-                             ("duplicates", metrics.DUPLICATES)):
-            def labels(source: str, _c: Counter[str] = counted[name]) -> Any:
-                class _Inc:
-                    def inc(self, n: int = 1) -> None:
-                        _c[source] += n
-                return _Inc()
-            mp.setattr(metric, "labels", labels)
         chunks = []
         for batch in batches:
             out, _ = shard.on_batch(batch)
             chunks.append([list(c) for c in out])
-    return chunks, drift.seen, counted["applied"], counted["duplicates"]
+    added = {k: v - before[k] for k, v in _counts().items()}
+    return chunks, drift.seen, added
 
 
 _moves = st.lists(st.tuples(
