@@ -83,6 +83,8 @@ def build_availability_flow(
     projected = project_step(
         "project", movements.oks, channels=config.channels,
         topic_of=topics.availability, version_clock=version_clock,
+        # Only the Kafka sink reads the records then: they may arrive as Avro bytes.
+        encoded=mode == "live" and not record_sinks,
     )
     dead = op.merge(
         "dead", sorted_.errs, chunk("item_letters", items.errs), movements.errs, projected.errs

@@ -114,7 +114,8 @@ class Output(NamedTuple):
     topic: str
     key: str | None
     schema: str
-    value: dict[str, Any]
+    #: the record, or its Avro encoding where only the Kafka sink reads it (`ProjectShard`)
+    value: dict[str, Any] | bytes
     #: input record timestamp (ms) of the record that caused it, for latency metrics
     input_ts: int | None = None
     event_time: int | None = None

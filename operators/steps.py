@@ -590,8 +590,10 @@ class ProjectShard(StatefulBatchLogic[list[Movement], Any, dict[str, SkuState]])
 
     def __init__(
         self, states: dict[str, SkuState] | None, channels: Channels, topic_of: Callable[[str], str],
-        version_clock: Callable[[], int] | None,
+        version_clock: Callable[[], int] | None, *, encoded: bool = False,
     ) -> None:
+        """`encoded`: the records only go to Kafka, so the compiled path may hand them over as
+        Avro bytes instead of dicts (the sink sends those as they are)."""
         self.states: dict[str, SkuState] = states if states is not None else {}
         #: skus restored from a snapshot not yet seen: their first results are emitted even if
         #: unchanged; `forced` holds the channel keys still owed, per sku
@@ -601,6 +603,8 @@ class ProjectShard(StatefulBatchLogic[list[Movement], Any, dict[str, SkuState]])
         self.projector = Projector(SkuState(), channels, version_clock)
         #: take the compiled path (operators/_project.pyx) when built; tests compare both
         self.compiled = _project is not None
+        #: per channel key, the constant parts of its encoded records (compiled path only)
+        self.plans = _project.plans(self.projector.targets) if encoded and _project else None
 
     def _projector(self, sku: str) -> Projector:
         p = self.projector
@@ -681,13 +685,15 @@ def project_step(
     channels: Channels,
     topic_of: Callable[[str], str],
     version_clock: Callable[[], int] | None,
+    encoded: bool = False,
 ) -> SplitOut:
     """Per sku: apply movements to ATP cells, emit changed channel availability.
 
     Takes `(shard of sku, [Movement])` chunks; `oks` are `[Output]` chunks, `errs` `Letters`.
+    `encoded`: outputs go to the Kafka sink only, so their values may be Avro bytes.
     """
 
     def build(resume: dict[str, SkuState] | None) -> ProjectShard:
-        return ProjectShard(resume, channels, topic_of, version_clock)
+        return ProjectShard(resume, channels, topic_of, version_clock, encoded=encoded)
 
     return _split_letters("split", _values("values", op.stateful_batch("project", movements, build)))

@@ -21,14 +21,15 @@ fail otherwise).
 """
 
 from cpython.long cimport PyLong_Check
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.stdint cimport int64_t, uint64_t
-from libc.string cimport memcpy
+
+from schemas._writer cimport (
+    STACK, Buf, put_byte, put_long, put_str, release, reserve, start, take,
+)
 
 cdef extern from "Python.h":
-    const char* PyUnicode_AsUTF8AndSize(object s, Py_ssize_t* size) except NULL
     int PyObject_GenericSetAttr(object o, object name, object value) except -1
     int PyObject_GenericSetDict(object o, object value, void* context) except -1
     int PyFloat_Pack8(double x, char* p, int le) except -1
@@ -152,79 +153,17 @@ def construct(model, tuple codes, tuple positive, dict fields):
 
 # -- writing ------------------------------------------------------------------------------
 
-cdef struct Buf:
-    char* data
-    Py_ssize_t size
-    Py_ssize_t cap
-    bint heap
-
-
-cdef enum:
-    STACK = 1024  # bytes on the C stack: a record needs ~150, more goes to the heap
-
-
-cdef int _reserve(Buf* b, Py_ssize_t more) except -1:
-    cdef Py_ssize_t cap
-    cdef char* grown
-    if b.size + more <= b.cap:
-        return 0
-    cap = max(b.cap * 2, b.size + more)
-    if b.heap:
-        grown = <char*>PyMem_Realloc(b.data, cap)
-    else:
-        grown = <char*>PyMem_Malloc(cap)
-        if grown != NULL:
-            memcpy(grown, b.data, b.size)
-    if grown == NULL:
-        raise MemoryError()
-    b.data = grown
-    b.cap = cap
-    b.heap = True
-    return 0
-
-
-cdef inline int _long(Buf* b, int64_t v) except -1:
-    cdef uint64_t n = (<uint64_t>v << 1) ^ <uint64_t>(v >> 63)
-    if b.size + 10 > b.cap:
-        _reserve(b, 10)
-    while n > 0x7F:
-        b.data[b.size] = <char>((n & 0x7F) | 0x80)
-        b.size += 1
-        n >>= 7
-    b.data[b.size] = <char>n
-    b.size += 1
-    return 0
-
-
 cdef inline int _int(Buf* b, object v) except -1:
     """A Python int as a long (a float would convert silently: fastavro decides those)."""
     if not PyLong_Check(v):
         raise TypeError(f"expected an int, got {type(v).__name__}")
-    return _long(b, v)
-
-
-cdef inline int _byte(Buf* b, char c) except -1:
-    if b.size + 1 > b.cap:
-        _reserve(b, 1)
-    b.data[b.size] = c
-    b.size += 1
-    return 0
-
-
-cdef int _str(Buf* b, object s) except -1:
-    cdef Py_ssize_t size
-    cdef const char* utf8 = PyUnicode_AsUTF8AndSize(s, &size)
-    _long(b, size)
-    _reserve(b, size)
-    memcpy(b.data + b.size, utf8, size)
-    b.size += size
-    return 0
+    return put_long(b, v)
 
 
 cdef int _opt_int(Buf* b, object v) except -1:
     if v is None:
-        return _byte(b, 0)
-    _byte(b, 2)
+        return put_byte(b, 0)
+    put_byte(b, 2)
     return _int(b, v)
 
 
@@ -236,7 +175,7 @@ cdef object _get(dict d, str key):
 
 
 cdef int _block(Buf* b, dict w) except -1:
-    _str(b, _get(w, "warehouse"))
+    put_str(b, _get(w, "warehouse"))
     _int(b, _get(w, "on_hand"))
     _int(b, _get(w, "on_hold"))
     _int(b, _get(w, "reserved"))
@@ -250,38 +189,35 @@ def encode_availability(dict r):
     """Schemaless Avro of an `AvailabilityRecord` (field order as in the .avsc file)."""
     cdef char stack[STACK]
     cdef Buf b
-    b.data = stack
-    b.size = 0
-    b.cap = STACK
-    b.heap = False
+    start(&b, stack)
     cdef object share, flag, location
     cdef list warehouses
     try:
-        _str(&b, _get(r, "channel"))
-        _str(&b, _get(r, "sku"))
+        put_str(&b, _get(r, "channel"))
+        put_str(&b, _get(r, "sku"))
         location = _get(r, "location")
         if location is None:
-            _byte(&b, 0)
+            put_byte(&b, 0)
         else:
-            _byte(&b, 2)
-            _str(&b, location)
+            put_byte(&b, 2)
+            put_str(&b, location)
         _int(&b, _get(r, "available"))
         _opt_int(&b, _get(r, "previous"))
         _int(&b, _get(r, "version"))
         _int(&b, _get(r, "as_of"))
-        _str(&b, _get(r, "source"))
-        _str(&b, _get(r, "source_id"))
+        put_str(&b, _get(r, "source"))
+        put_str(&b, _get(r, "source_id"))
         warehouses = _get(r, "warehouses")
         if warehouses:
-            _long(&b, len(warehouses))
+            put_long(&b, len(warehouses))
             for w in warehouses:
                 _block(&b, w)
-        _byte(&b, 0)  # end of the array
+        put_byte(&b, 0)  # end of the array
         _int(&b, _get(r, "base"))
         share = _get(r, "share_pct")
         if type(share) is not float:
             raise TypeError("share_pct must be a float")
-        _reserve(&b, 8)
+        reserve(&b, 8)
         PyFloat_Pack8(share, b.data + b.size, 1)
         b.size += 8
         _int(&b, _get(r, "after_share"))
@@ -290,12 +226,11 @@ def encode_availability(dict r):
         _int(&b, _get(r, "min_qty"))
         flag = _get(r, "include_incoming")
         if flag is True:
-            _byte(&b, 1)
+            put_byte(&b, 1)
         elif flag is False:
-            _byte(&b, 0)
+            put_byte(&b, 0)
         else:
             raise TypeError("include_incoming must be a bool")
-        return PyBytes_FromStringAndSize(b.data, b.size)
+        return take(&b)
     finally:
-        if b.heap:
-            PyMem_Free(b.data)
+        release(&b)

@@ -750,7 +750,7 @@ def _note_newest(newest: dict[str, int]) -> None:
 def _source_of(out: Output) -> str | None:
     """The upstream source (wms, erp, ...) whose record caused `out`, when known."""
     source = out.source
-    if source is None and out.value is not None:
+    if source is None and isinstance(out.value, dict):
         source = out.value.get("source")  # AvailabilityRecord: wms or erp
     return source if isinstance(source, str) else None
 
@@ -810,7 +810,7 @@ class _OutputPartition(StatefulSinkPartition[list[Output], None]):
         for outs in values:
             for out in outs:
                 value = out.value
-                if value is not None:
+                if value is not None and value.__class__ is not bytes:  # bytes: encoded already
                     encode = encoders.get(out.schema)
                     if encode is None:
                         encode = encoders[out.schema] = codec(out.schema).encode

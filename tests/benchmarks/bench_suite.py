@@ -1232,7 +1232,8 @@ def role_units(args: argparse.Namespace) -> int:
             logic = projects.get(shard)
             if logic is None:
                 logic = projects[shard] = ProjectShard(
-                    None, config.channels, t.availability, lambda: int(clock() * 1000))
+                    None, config.channels, t.availability, lambda: int(clock() * 1000),
+                    encoded=True)  # as the live job without side sinks
             for x in logic.on_batch(values)[0]:
                 if x.__class__ is Letters:
                     letters += x
@@ -1244,7 +1245,7 @@ def role_units(args: argparse.Namespace) -> int:
             encode = encoders.get(o.schema)
             if encode is None:
                 encode = encoders[o.schema] = codec(o.schema).encode
-            value = encode(o.value)
+            value = o.value if o.value.__class__ is bytes else encode(o.value)
             if o.topic == t.dead_letter:
                 letters_out.append((o.topic, o.key, value))
             else:
