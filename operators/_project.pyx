@@ -2,8 +2,8 @@
 """The project step's common case, compiled: a twin of `ProjectShard.one` (operators/steps.py)
 with `Projector.on_movement`, `apply_movement` and `Projector._project` (operators/availability.py).
 
-The common case is a movement for a sku and warehouse already seen, not replayed, not owed a
-result after a resume, and not superseded; every other movement goes to `shard.one`, the Python
+The common case is a movement that is not replayed, not for a sku owed a result after a
+resume, and not superseded; every other movement goes to `shard.one`, the Python
 reference, before anything is changed. The state stays the Python dataclasses (recovery
 snapshots pickle them). Quantities are C integers here: each is at most 10^9 (normalise
 enforces it), so an unclamped sum cannot come near 2^63; `overflowcheck` raises rather than
@@ -26,6 +26,7 @@ cdef extern from "Python.h":
     int PyFloat_Pack8(double x, char* p, int le) except -1
 
 from operators import metrics
+from operators.availability import Cell, SkuState
 from operators.records import Output
 
 cdef object _tuple_new = tuple.__new__
@@ -67,10 +68,11 @@ def project(shard, list movements, now_ms, list out, late, applied, duplicates):
             one(mo, now_ms, out, late, applied, duplicates)  # replayed, or owed after a resume
             continue
         state = states.get(sku)
-        cell = None if state is None else (<dict>state.cells).get(wh)
+        if state is None:
+            state = states[sku] = SkuState()  # as `shard._projector` makes it
+        cell = (<dict>state.cells).get(wh)
         if cell is None:
-            one(mo, now_ms, out, late, applied, duplicates)  # a new sku or warehouse
-            continue
+            cell = state.cells[wh] = Cell()  # as `Projector.on_movement` makes it
         source, kind = m[2], m[5]
         seq, qty, event_time = m[4], m[6], m[7]
         wms = source == "wms"

@@ -128,8 +128,8 @@ def test_compiled_project_equals_python(
         results.append((got, copy.deepcopy(second.states), second.forced, second.resumed))
     if encoded:
         # Every record the compiled path wrote as bytes is the codec's encoding of the
-        # reference's dict (the rest, a sku's first movements, went through the reference).
-        # A channel whose limits do not fit a long keeps dicts.
+        # reference's dict (the rest went through the reference: replayed movements, resumed
+        # skus). A channel whose limits do not fit a long keeps dicts.
         assert not any(type(o.value) is bytes and o.value[:2] == b"\x02c"  # channel "c"
                        for o in _outputs(results[0][0])) or rules["max_qty"] < 2**63
         results[1] = (_encode_like(results[0][0], results[1][0]), *results[1][1:])
@@ -163,9 +163,12 @@ def test_records_are_handed_over_encoded_when_only_kafka_reads_them() -> None:
               for encoded in (True, False)]
     got = []
     for shard in shards:
-        shard.on_batch([[movement("RECEIPT", 5)]])  # a new cell: the reference builds it
-        out, _ = shard.on_batch([[movement("RECEIPT", 3, seq=2), movement("HOLD", 1, seq=3)]])
-        got.append([o for chunk in out for o in chunk])
+        outs = []
+        for batch in ([[movement("RECEIPT", 5)]],
+                      [[movement("RECEIPT", 3, seq=2), movement("HOLD", 1, seq=3)]]):
+            out, _ = shard.on_batch(batch)
+            outs += [o for chunk in out for o in chunk]
+        got.append(outs)
     encoded, plain = got
     assert encoded and [type(o.value) for o in encoded] == [bytes] * len(encoded)
     encode = codec("AvailabilityRecord").encode
