@@ -26,7 +26,7 @@ recovery replays it from the last snapshot instead of dropping it.
 Metrics. The source sets `atpflow_consumer_lag_messages` per partition and
 the sink, after each successful flush, counts `atpflow_records_out_total`,
 observes the two latency histograms and moves `atpflow_event_time_lag_seconds`
-(see `_RawPartition` and `_observe_written` for how, and why cheaply).
+(see `_RawPartition` and `_observe_stats` for how, and why cheaply).
 
 Partitioning. Records are explicitly partitioned with murmur2 of the key,
 exactly like the Java client's default partitioner (and librdkafka's
@@ -72,6 +72,11 @@ from dataflows.config import Config, KafkaConfig
 from operators import metrics
 from operators.records import Output, RawRecord
 from schemas import codec
+
+try:
+    from sinks import _produce  # the compiled per-record loops (setup.py builds them; optional)
+except ImportError:
+    _produce = None  # type: ignore[assignment]
 
 _tuple_new = tuple.__new__
 
@@ -156,12 +161,16 @@ def murmur2(data: bytes) -> int:
     return h
 
 
+#: the compiled twin when built (tests/test_produce_compiled.py compares them)
+_murmur2 = _produce.murmur2 if _produce is not None else murmur2
+
+
 @lru_cache(maxsize=65536)
 def _key_route(key: str) -> tuple[bytes, int]:
-    """A key's bytes and positive murmur2 hash. Keys repeat a lot (one per sku / stream) and the
-    sink routes each output key twice: caching skips the pure-Python loop."""
+    """A key's bytes and positive murmur2 hash. Keys repeat a lot (one per sku / stream):
+    caching skips the pure-Python loop where the compiled one is not built."""
     kbytes = key.encode("utf-8")
-    return kbytes, murmur2(kbytes) & 0x7FFFFFFF
+    return kbytes, _murmur2(kbytes) & 0x7FFFFFFF
 
 
 def key_partition(key: bytes, partitions: int) -> int:
@@ -650,6 +659,27 @@ class CheckedProducer:
         except BufferError:
             self.send(topic, key, value)  # the queue is full: `send` waits for room
 
+    def send_outputs(self, batches: list[list[Output]],
+                     encoders: dict[str, Callable[[Any], bytes]]) -> Stats:
+        """Queue every output of `batches`, its value Avro-encoded with `codec(schema)` (cached
+        in `encoders`) unless it is bytes already; returns their `_written_stats`."""
+        if _produce is not None:
+            return _produce.write(batches, self._producer.produce, self.send,  # type: ignore[no-any-return]
+                                  self._partitions, self.partition_count, self._on_delivery,
+                                  encoders, codec)
+        written = []
+        for outs in batches:
+            for out in outs:
+                value = out.value
+                if value is not None and value.__class__ is not bytes:
+                    encode = encoders.get(out.schema)
+                    if encode is None:
+                        encode = encoders[out.schema] = codec(out.schema).encode
+                    value = encode(value)
+                self.send_plain(out.topic, out.key, value)
+            written += outs
+        return _written_stats(written)
+
     def flush(self) -> None:
         """Wait for every queued record; `DeliveryError` if any was not delivered."""
         if self._flush_timeout is None:
@@ -755,23 +785,21 @@ def _source_of(out: Output) -> str | None:
     return source if isinstance(source, str) else None
 
 
-def _observe_written(values: list[Output]) -> None:
-    """Metrics of a batch the cluster acknowledged: counts, latencies, event-time lag.
+#: per output topic: [records, their input timestamps, their event times, {source: newest
+#: event time}], as `_written_stats` (or the compiled `_produce.write`) gathers them
+Stats = dict[str, list[Any]]
 
-    Records grouped by topic, then per topic a few passes in C (no Python call per record):
-    one counter increment and one bulk histogram observation per metric.
-    """
-    now_ms = time.time() * 1000
+
+def _written_stats(values: list[Output]) -> Stats:
+    """The figures `_observe_stats` needs of `values`, a few passes in C per topic (no Python
+    call per record)."""
+    stats: Stats = {}
     topics = list(map(_topic, values))
-    newest: dict[str, int] = {}
     for topic in set(topics):
         outs = list(compress(values, map(eq, topics, repeat(topic))))
-        _records_out(topic).inc(len(outs))
         stamps = list(map(_input_ts, outs))
         if None in stamps:  # dead letters carry no input timestamp
             stamps = [ts for ts in stamps if ts is not None]
-        if stamps:
-            _observe_many(_input_latency(topic), now_ms, stamps)
         times = list(map(_event_time, outs))
         sources = list(map(_source, outs))
         if None in times or None in sources:  # rare: a record with no event time, or whose
@@ -780,13 +808,29 @@ def _observe_written(values: list[Output]) -> None:
                      if et is not None]
             times = [et for _, et in pairs]
             sources = [source for source, _ in pairs]
-        if not times:
-            continue
-        _observe_many(_event_time_latency(topic), now_ms, times)
+        newest: dict[str, int] = {}
         for source in set(sources):
             if source is None:
                 continue
             et = max(compress(times, map(eq, sources, repeat(source))))
+            if et > -1:
+                newest[source] = et
+        stats[topic] = [len(outs), stamps, times, newest]
+    return stats
+
+
+def _observe_stats(stats: Stats) -> None:
+    """Metrics of a batch the cluster acknowledged: counts, latencies, event-time lag; per
+    topic one counter increment and one bulk histogram observation per metric."""
+    now_ms = time.time() * 1000
+    newest: dict[str, int] = {}
+    for topic, (n, stamps, times, latest) in stats.items():
+        _records_out(topic).inc(n)
+        if stamps:
+            _observe_many(_input_latency(topic), now_ms, stamps)
+        if times:
+            _observe_many(_event_time_latency(topic), now_ms, times)
+        for source, et in latest.items():
             if et > newest.get(source, -1):
                 newest[source] = et
     if newest:
@@ -802,25 +846,14 @@ _source = attrgetter("source")
 class _OutputPartition(StatefulSinkPartition[list[Output], None]):
     def __init__(self, producer: CheckedProducer) -> None:
         self._producer = producer
+        self._encoders: dict[str, Callable[[Any], bytes]] = {}
 
     def write_batch(self, values: list[list[Output]]) -> None:
-        send = self._producer.send_plain
-        encoders: dict[str, Callable[[Any], bytes]] = {}
-        written = []
-        for outs in values:
-            for out in outs:
-                value = out.value
-                if value is not None and value.__class__ is not bytes:  # bytes: encoded already
-                    encode = encoders.get(out.schema)
-                    if encode is None:
-                        encode = encoders[out.schema] = codec(out.schema).encode
-                    value = encode(value)
-                send(out.topic, out.key, value)
-            written += outs
+        stats = self._producer.send_outputs(values, self._encoders)
         # The batch counts as written only once the cluster has it: a failure
         # raises here, the dataflow stops, and recovery replays the batch.
         self._producer.flush()
-        _observe_written(written)
+        _observe_stats(stats)
 
     def snapshot(self) -> None:
         # Nothing to resume: outputs after the last snapshot are re-sent, and
@@ -890,8 +923,10 @@ class KafkaOutputSink(FixedPartitionedSink[list[Output], None]):
         Bytewax sends an item to partition `part_fn(route key) % parts`; each group's route
         key is one of its own records' keys, so every record lands where its key routes.
         """
-        groups: dict[int, tuple[str, list[Output]]] = {}
         parts = self._parts
+        if _produce is not None:
+            return _produce.group(outs, parts, _key_route)  # type: ignore[no-any-return]
+        groups: dict[int, tuple[str, list[Output]]] = {}
         for out in outs:
             key = out.key or ""
             part = _key_route(key)[1] % parts

@@ -126,7 +126,7 @@ def test_bulk_histogram_observation_equals_observing_each_value() -> None:
 
 def test_written_metrics_count_every_record_and_keep_the_newest_event_time_per_source() -> None:
     from operators import metrics
-    from sinks.kafka import _newest_event_ms, _observe_written
+    from sinks.kafka import _newest_event_ms, _observe_stats, _written_stats
 
     now_ms = time.time() * 1000
     outs = [Output("t-metrics", "k", "s", {}, int(now_ms) - 1000, 5, "src-a"),
@@ -134,7 +134,7 @@ def test_written_metrics_count_every_record_and_keep_the_newest_event_time_per_s
             Output("t-metrics", "k", "s", {"source": "src-b"}, None, 7, None),
             Output("t-metrics", "k", "s", {}, None, None, None)]
     before = metrics.RECORDS_OUT.labels("t-metrics")._value.get()
-    _observe_written(outs)
+    _observe_stats(_written_stats(outs))
     assert metrics.RECORDS_OUT.labels("t-metrics")._value.get() - before == 4
     assert _newest_event_ms["src-a"] == 9
     assert _newest_event_ms["src-b"] == 7  # named only in its value
@@ -144,7 +144,7 @@ def test_written_metrics_count_every_record_and_keep_the_newest_event_time_per_s
 
 
 def test_written_metrics_keep_the_newest_event_time_of_each_source_in_a_mixed_batch() -> None:
-    from sinks.kafka import _newest_event_ms, _observe_written
+    from sinks.kafka import _newest_event_ms, _observe_stats, _written_stats
 
     now_ms = int(time.time() * 1000)
     times = {"src-c": [now_ms - 50_000 + 7 * i for i in range(300)],
@@ -152,7 +152,7 @@ def test_written_metrics_keep_the_newest_event_time_of_each_source_in_a_mixed_ba
     outs = [Output("t-mixed", "k", "s", {}, now_ms, et, source)
             for pair in zip(times["src-c"][::-1], times["src-d"], strict=True)
             for source, et in zip(("src-c", "src-d"), pair, strict=True)]
-    _observe_written(outs)
+    _observe_stats(_written_stats(outs))
     assert _newest_event_ms["src-c"] == max(times["src-c"])
     assert _newest_event_ms["src-d"] == max(times["src-d"])
 
