@@ -74,9 +74,9 @@ from operators.records import Output, RawRecord
 from schemas import codec
 
 try:
-    from sinks import _produce  # the compiled per-record loops (setup.py builds them; optional)
+    from sinks import _kafka  # the compiled per-record loops (setup.py builds them; optional)
 except ImportError:
-    _produce = None  # type: ignore[assignment]
+    _kafka = None  # type: ignore[assignment]
 
 _tuple_new = tuple.__new__
 
@@ -162,7 +162,7 @@ def murmur2(data: bytes) -> int:
 
 
 #: the compiled twin when built (tests/test_produce_compiled.py compares them)
-_murmur2 = _produce.murmur2 if _produce is not None else murmur2
+_murmur2 = _kafka.murmur2 if _kafka is not None else murmur2
 
 
 @lru_cache(maxsize=65536)
@@ -434,8 +434,14 @@ class _RawPartition(StatefulSourcePartition[RawRecord, int | None]):
             raise StopIteration
         topic, partition = self._tp.topic, self._tp.partition
         batch: list[RawRecord] = []
+        msgs = inner._consumer.consume(inner._batch_size, 0.001)
+        if _kafka is not None:  # the loop below, compiled
+            last, inner._eof = _kafka.records(msgs, topic, partition, batch, _header_pairs)
+            if last is not None:
+                inner._offset = last + 1
+            return batch
         last = None
-        for msg in inner._consumer.consume(inner._batch_size, 0.001):
+        for msg in msgs:
             err = msg.error()
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
@@ -663,8 +669,8 @@ class CheckedProducer:
                      encoders: dict[str, Callable[[Any], bytes]]) -> Stats:
         """Queue every output of `batches`, its value Avro-encoded with `codec(schema)` (cached
         in `encoders`) unless it is bytes already; returns their `_written_stats`."""
-        if _produce is not None:
-            return _produce.write(batches, self._producer.produce, self.send,  # type: ignore[no-any-return]
+        if _kafka is not None:
+            return _kafka.write(batches, self._producer.produce, self.send,  # type: ignore[no-any-return]
                                   self._partitions, self.partition_count, self._on_delivery,
                                   encoders, codec)
         written = []
@@ -786,7 +792,7 @@ def _source_of(out: Output) -> str | None:
 
 
 #: per output topic: [records, their input timestamps, their event times, {source: newest
-#: event time}], as `_written_stats` (or the compiled `_produce.write`) gathers them
+#: event time}], as `_written_stats` (or the compiled `_kafka.write`) gathers them
 Stats = dict[str, list[Any]]
 
 
@@ -924,8 +930,8 @@ class KafkaOutputSink(FixedPartitionedSink[list[Output], None]):
         key is one of its own records' keys, so every record lands where its key routes.
         """
         parts = self._parts
-        if _produce is not None:
-            return _produce.group(outs, parts, _key_route)  # type: ignore[no-any-return]
+        if _kafka is not None:
+            return _kafka.group(outs, parts, _key_route)  # type: ignore[no-any-return]
         groups: dict[int, tuple[str, list[Output]]] = {}
         for out in outs:
             key = out.key or ""

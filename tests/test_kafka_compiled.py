@@ -1,4 +1,4 @@
-"""The Kafka sink's compiled loops (sinks/_produce.pyx) equal the Python reference in sinks/kafka.py.
+"""The Kafka sink's compiled loops (sinks/_kafka.pyx) equal the Python reference in sinks/kafka.py.
 
 Both take the same random outputs: the same hash per key, the same groups per sink partition,
 the same records queued (topic, value, key, partition, in order) and the same per-topic figures
@@ -18,14 +18,14 @@ from operators.records import Output
 from schemas import codec
 
 # Imported, not skipped when missing: a failed build must fail here (setup.sh builds it).
-from sinks import _produce, kafka
+from sinks import _kafka, kafka
 from sinks.kafka import CheckedProducer, KafkaOutputSink, _written_stats, murmur2
 
 
 @settings(max_examples=500, deadline=None)
 @given(st.binary(max_size=80))
 def test_compiled_murmur2_equals_python(data: bytes) -> None:
-    assert _produce.murmur2(data) == murmur2(data)
+    assert _kafka.murmur2(data) == murmur2(data)
 
 
 _keys = st.one_of(st.none(), st.sampled_from(["", "SKU-1", "SKU-2|ATL1", "é-ü-ß", "x" * 70]),
@@ -52,7 +52,7 @@ def test_compiled_group_equals_python(outs: list[Output], parts: int) -> None:
     sink = KafkaOutputSink({"bootstrap.servers": "127.0.0.1:9"}, parts=parts)
     compiled = sink.group(outs)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(kafka, "_produce", None)
+        mp.setattr(kafka, "_kafka", None)
         assert compiled == sink.group(outs)
 
 
@@ -86,7 +86,7 @@ def test_compiled_write_equals_python(batches: list[list[Output]], full_at: int 
         producer._partitions.update({"t1": 3, "t2": 1, "dead": 5})
         with pytest.MonkeyPatch.context() as mp:
             if not compiled:
-                mp.setattr(kafka, "_produce", None)
+                mp.setattr(kafka, "_kafka", None)
             stats = producer.send_outputs(batches, {})
         results.append((recorder.queued, stats))
     assert results[0] == results[1]

@@ -1,9 +1,10 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
-"""The Kafka sink's per-record loops, compiled (built at install by setup.py; optional).
+"""The per-record loops of sinks/kafka.py, compiled (built at install by setup.py; optional).
 
-Twins of Python code in sinks/kafka.py, which stays the reference (tests/test_produce_compiled.py
-compares them):
+Twins of Python code there, which stays the reference (tests/test_kafka_compiled.py compares
+them):
 
+- `records(msgs, ...)`: `_RawPartition._read`'s loop, consumed messages to `RawRecord`s;
 - `murmur2(data)`: `kafka.murmur2`, Kafka's partitioner hash;
 - `group(outs, parts, route)`: `KafkaOutputSink.group`;
 - `write(batches, ...)`: `_OutputPartition.write_batch`'s loop: each output's value encoded
@@ -18,7 +19,13 @@ from cpython.dict cimport PyDict_GetItem
 from cpython.object cimport PyObject
 from libc.stdint cimport uint32_t
 
-from operators.records import Output
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, KafkaError
+
+from operators.records import Output, RawRecord
+
+cdef object _tuple_new = tuple.__new__
+cdef int _EOF = KafkaError._PARTITION_EOF
+cdef int _NO_TIMESTAMP = TIMESTAMP_NOT_AVAILABLE
 
 cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object s, Py_ssize_t* size) except NULL
@@ -26,6 +33,33 @@ cdef extern from "Python.h":
     bint PyBytes_CheckExact(object o)
     char* PyBytes_AS_STRING(object o)
     Py_ssize_t PyBytes_GET_SIZE(object o)
+    object PyUnicode_DecodeUTF8(const char* s, Py_ssize_t size, const char* errors)
+
+
+def records(msgs, str topic, object partition, list batch, object header_pairs):
+    """`_RawPartition._read`'s loop: `RawRecord`s of `msgs` appended to `batch`, up to a
+    partition EOF; returns (offset of the last record or None, EOF seen). An error other than
+    EOF raises as the reference does; `header_pairs` converts headers (rare: replays)."""
+    last = None
+    for msg in msgs:
+        err = msg.error()
+        if err is not None:
+            if err.code() == _EOF:
+                return last, True
+            raise RuntimeError(f"error consuming from Kafka topic `{topic!r}`: {err}")
+        last = msg.offset()
+        key = msg.key()
+        if key is not None and not PyUnicode_CheckExact(key):
+            # Keys are UTF-8 by contract; a broken one must still reach the dead-letter path.
+            key = PyUnicode_DecodeUTF8(PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key), "replace") \
+                if PyBytes_CheckExact(key) else key.decode("utf-8", errors="replace")
+        ts = msg.timestamp()
+        stamp = None if not ts or (<tuple?>ts)[0] == _NO_TIMESTAMP else (<tuple>ts)[1]
+        headers = msg.headers()
+        batch.append(_tuple_new(RawRecord, (
+            topic, partition, last, key, msg.value(), stamp,
+            header_pairs(headers) if headers else ())))
+    return last, False
 
 
 cdef inline uint32_t _murmur2(const unsigned char* data, Py_ssize_t length) noexcept:
