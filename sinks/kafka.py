@@ -728,10 +728,10 @@ _event_time_latency = lru_cache(maxsize=None)(metrics.EVENT_TIME_TO_OUTPUT_LATEN
 def _observe_many(histogram: Any, now_ms: float, stamps: list[int]) -> None:
     """`observe((now_ms - ts) / 1000)` for every stamp, in bulk.
 
-    The stamps are sorted in C, newest first (smallest value first); each bucket's count is
-    then one bisect on the values (a value goes to the first bucket whose bound is >= it,
-    the last is +Inf, as `observe()` does), so a batch costs a sort plus one bisect per
-    bucket instead of a Python call per record. prometheus-client has no bulk observe: this
+    A value goes to the first bucket whose bound is >= it (the last is +Inf), as `observe()`
+    does: counted in one pass by the compiled `_kafka.bucket_counts`, else the stamps are
+    sorted in C, newest first (smallest value first), and each bucket's count is one bisect
+    on the values; either way no Python call per record. prometheus-client has no bulk observe: this
     uses the child's `_upper_bounds`, `_buckets` and `_sum` (stable since 0.4; 0.26 here)
     and falls back to `observe()` per value if those ever change.
     """
@@ -743,17 +743,22 @@ def _observe_many(histogram: Any, now_ms: float, stamps: list[int]) -> None:
         for ts in stamps:
             histogram.observe((now_ms - ts) / 1000)
         return
-    ordered = sorted(stamps, reverse=True)
+    if _kafka is not None:  # the same counts in one pass in C
+        for bucket, count in zip(buckets, _kafka.bucket_counts(bounds, now_ms, stamps), strict=True):
+            if count:
+                bucket.inc(count)
+    else:
+        ordered = sorted(stamps, reverse=True)
 
-    def value(ts: float) -> float:
-        return (now_ms - ts) / 1000
+        def value(ts: float) -> float:
+            return (now_ms - ts) / 1000
 
-    below = 0
-    for bound, bucket in zip(bounds, buckets, strict=True):
-        upto = bisect_right(ordered, bound, key=value)
-        if upto > below:
-            bucket.inc(upto - below)
-            below = upto
+        below = 0
+        for bound, bucket in zip(bounds, buckets, strict=True):
+            upto = bisect_right(ordered, bound, key=value)
+            if upto > below:
+                bucket.inc(upto - below)
+                below = upto
     n = len(stamps)
     total.inc(n * (now_ms - sum(stamps) / n) / 1000)
 

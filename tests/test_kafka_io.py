@@ -98,11 +98,16 @@ def test_group_sends_every_output_to_the_partition_its_key_routes_to() -> None:
         assert [o for o in seen if o.key == key] == [o for o in outs if o.key == key]
 
 
-def test_bulk_histogram_observation_equals_observing_each_value() -> None:
+@pytest.mark.parametrize("compiled", [True, False])
+def test_bulk_histogram_observation_equals_observing_each_value(
+    compiled: bool, monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from prometheus_client import CollectorRegistry, Histogram
 
     from sinks.kafka import _observe_many
 
+    if not compiled:
+        monkeypatch.setattr(kafka_module, "_kafka", None)
     registry = CollectorRegistry()
     buckets = (0.005, 0.05, 0.5, 1.0, 5.0)
     one = Histogram("one", "h", buckets=buckets, registry=registry)
