@@ -13,8 +13,8 @@ FROM ${PYTHON_IMAGE} AS builder
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 # A C compiler for the compiled parts of the hot path (schemas/_avro.pyx, several times faster
-# than fastavro; operators/_order.pyx, operators/_project.pyx); the runtime stage gets the built
-# modules only.
+# than fastavro; operators/_sort.pyx, _order.pyx, _project.pyx; sinks/_kafka.pyx); the runtime
+# stage gets the built modules only.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends gcc libc6-dev \
     && rm -rf /var/lib/apt/lists/*

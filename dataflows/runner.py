@@ -36,7 +36,9 @@ from dataflows.config import Config
 from dataflows.live import CONFIG_ENV, STOP_AT_EOF_ENV
 
 #: Built by setup.py where a C compiler is; without them atpflow runs the same, slower.
-COMPILED_PARTS = ("schemas._avro", "operators._order", "operators._project", "sinks._kafka")
+COMPILED_PARTS = (
+    "schemas._avro", "operators._sort", "operators._order", "operators._project", "sinks._kafka",
+)
 
 
 def missing_compiled_parts() -> list[str]:

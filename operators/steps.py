@@ -54,6 +54,10 @@ try:
     from operators import _order, _project
 except ImportError:
     _order = _project = None
+try:  # the decode-and-sort step's common case (operators/_sort.pyx), built the same way
+    from operators import _sort
+except ImportError:
+    _sort = None
 
 __all__ = [
     "SHARDS",
@@ -234,14 +238,25 @@ class SortOut:
     errs: Stream[Letters]
 
 
-def sort_batch(raws: list[RawRecord], schemas: dict[str, str], items_topic: str) -> list[Any]:
+def sort_batch(
+    raws: list[RawRecord], schemas: dict[str, str], items_topic: str, compiled: bool = True
+) -> list[Any]:
     """Decode a batch and sort it: `(shard, [Decoded])` per order shard, then a `Letters`
     chunk of what did not decode, then each item-master record alone.
 
     Records of other topics are dropped (a source may read more than this flow needs). Every
     record of a stream names the same item code, so a stream's records stay in one chunk per
     batch, in order, and reach one shard of the order step.
+
+    `compiled` (when operators/_sort.pyx is built) decodes and sorts the common case in C
+    and hands every other record to `_sort_batch_python`, the reference; tests compare both.
     """
+    if compiled and _sort is not None:
+        return _sort.sort_batch(raws, schemas, items_topic, _SHARD_NAMES, Letters(), _sort_batch_python)
+    return _sort_batch_python(raws, schemas, items_topic)
+
+
+def _sort_batch_python(raws: list[RawRecord], schemas: dict[str, str], items_topic: str) -> list[Any]:
     keyed: list[tuple[str, Decoded]] = []
     dead = Letters()
     items: list[Any] = []

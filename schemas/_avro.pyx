@@ -22,6 +22,8 @@ fail otherwise).
 
 from cpython.long cimport PyLong_Check
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.dict cimport PyDict_GetItem
+from cpython.object cimport PyObject, PyTypeObject
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.stdint cimport int64_t, uint64_t
 
@@ -33,12 +35,15 @@ cdef extern from "Python.h":
     int PyObject_GenericSetAttr(object o, object name, object value) except -1
     int PyObject_GenericSetDict(object o, object value, void* context) except -1
     int PyFloat_Pack8(double x, char* p, int le) except -1
+    bint PyType_Check(object o)
 
 from decimal import Context
 
 # -- reading ------------------------------------------------------------------------------
 
 STRING, LONG, ENUM, OPT_STRING, OPT_LONG, DECIMAL = range(6)
+cdef enum:
+    MAX_DECIMALS = 4096
 
 
 cdef class Field:
@@ -49,6 +54,9 @@ cdef class Field:
     cdef tuple symbols
     cdef object context
     cdef int scale
+    #: unscaled value -> its Decimal: making one costs more than the rest of a record, and a
+    #: feed repeats few quantities. Decimals are immutable, so records may share them.
+    cdef readonly dict decimals
 
     def __init__(self, str name, int kind, tuple symbols=(), int precision=0, int scale=0):
         self.name = name
@@ -57,6 +65,17 @@ cdef class Field:
         # fastavro's own recipe: a context with the schema's precision, then scaleb.
         self.context = Context(prec=precision) if kind == DECIMAL else None
         self.scale = scale
+        self.decimals = {}
+
+    cdef object decimal(self, object unscaled):
+        cdef PyObject* known = PyDict_GetItem(self.decimals, unscaled)
+        if known is not NULL:
+            return <object>known
+        value = self.context.create_decimal(unscaled).scaleb(-self.scale, self.context)
+        if len(self.decimals) >= MAX_DECIMALS:
+            self.decimals.clear()  # bounded: a cache, not state
+        self.decimals[unscaled] = value
+        return value
 
 
 cdef inline bint _varint(const unsigned char* p, Py_ssize_t n, Py_ssize_t* pos, int64_t* out):
@@ -79,7 +98,18 @@ cdef inline bint _varint(const unsigned char* p, Py_ssize_t n, Py_ssize_t* pos, 
     return True
 
 
-def read_flat(bytes data, list plan):
+cdef inline int64_t _signed_be(const unsigned char* p, Py_ssize_t n):
+    """`int.from_bytes(p[:n], "big", signed=True)` for n <= 8, without the slice and the call."""
+    if n == 0:
+        return 0
+    cdef uint64_t acc = <uint64_t>(<int64_t>(<signed char>p[0]))  # the sign, extended
+    cdef Py_ssize_t i
+    for i in range(1, n):
+        acc = (acc << 8) | p[i]
+    return <int64_t>acc
+
+
+cpdef dict read_flat(bytes data, list plan):
     """The record `data` holds, or None where fastavro must decide."""
     cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(data)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
@@ -118,9 +148,12 @@ def read_flat(bytes data, list plan):
         elif kind == DECIMAL:
             if v < 0 or v > n - pos:
                 return None
-            unscaled = int.from_bytes(data[pos:pos + v], "big", signed=True)
+            if v <= 8:
+                out[f.name] = f.decimal(_signed_be(p + pos, v))
+            else:
+                unscaled = int.from_bytes(data[pos:pos + v], "big", signed=True)
+                out[f.name] = f.context.create_decimal(unscaled).scaleb(-f.scale, f.context)
             pos += v
-            out[f.name] = f.context.create_decimal(unscaled).scaleb(-f.scale, f.context)
         else:
             return None
     if pos != n:
@@ -130,8 +163,10 @@ def read_flat(bytes data, list plan):
 
 # -- model construction -------------------------------------------------------------------
 
+cdef tuple _NO_ARGS = ()
 
-def construct(model, tuple codes, tuple positive, dict fields):
+
+cpdef object construct(object model, tuple codes, tuple positive, dict fields):
     """`model` holding `fields` as pydantic's `model_construct` builds it, or None if a code
     is empty or a number below 1 (then pydantic validates and names the field)."""
     cdef str name
@@ -141,7 +176,10 @@ def construct(model, tuple codes, tuple positive, dict fields):
     for name in positive:
         if fields[name] < 1:
             return None
-    rec = model.__new__(model)
+    if not PyType_Check(model):
+        raise TypeError(f"not a model class: {model!r}")
+    # `model.__new__(model)` without looking it up: the slot that call ends in
+    rec = (<PyTypeObject*>model).tp_new(model, <PyObject*>_NO_ARGS, NULL)
     # The generic setters, as object.__setattr__ does: pydantic's own __setattr__ would
     # refuse a frozen model.
     PyObject_GenericSetDict(rec, fields, NULL)

@@ -20,7 +20,7 @@ echo "setup: installing atpflow and its dev dependencies"
 .venv/bin/python -m pip install --quiet -e '.[dev]'
 missing=$(.venv/bin/python -c "from dataflows.runner import missing_compiled_parts as m; print(', '.join(m()))")
 if [ -z "$missing" ]; then
-  echo "setup: compiled parts built (schemas/_avro.pyx, operators/_order.pyx, operators/_project.pyx)"
+  echo "setup: compiled parts built (schemas/_avro.pyx, operators/_sort.pyx, operators/_order.pyx, operators/_project.pyx, sinks/_kafka.pyx)"
 else
   echo "setup: WARNING: not built: $missing (no C compiler?); atpflow runs on fastavro and pure Python, slower" >&2
 fi

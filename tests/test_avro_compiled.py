@@ -156,6 +156,18 @@ def test_decimals_beyond_the_precision_round_like_fastavro() -> None:
     assert fast is not None and same(fast, ref)
 
 
+def test_repeated_decimals_come_from_a_bounded_cache() -> None:
+    c = codec("ErpInventoryDocument")
+    [quantity] = [f for f in c._plan if f.name == "quantity"]
+    for n in [*range(-3000, 3000), *range(-5, 5)]:
+        rec = {"doc_id": "D", "doc_type": "GOODS_ISSUE", "plant": "P", "material": "M",
+               "quantity": Decimal(n) / 1000, "unit": "EA", "change_seq": 1, "posted_at": 1,
+               "sales_order": None}
+        raw = c.encode_generic(rec)
+        assert same(_avro.read_flat(raw, c._plan), fastavro_read("ErpInventoryDocument", raw))
+        assert len(quantity.decimals) <= 4096
+
+
 # -- AvailabilityRecord ----------------------------------------------------------------------
 
 warehouse = st.fixed_dictionaries({
