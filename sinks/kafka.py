@@ -161,7 +161,7 @@ def murmur2(data: bytes) -> int:
     return h
 
 
-#: the compiled twin when built (tests/test_produce_compiled.py compares them)
+#: the compiled twin when built (tests/test_kafka_compiled.py compares them)
 _murmur2 = _kafka.murmur2 if _kafka is not None else murmur2
 
 

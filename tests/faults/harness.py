@@ -726,13 +726,27 @@ def kill_scenario(  # noqa: PLR0913, PLR0915
                 # Kill 1: during the first epoch, as soon as output shows, before any snapshot.
                 cluster.worker_pids()
                 wait_for(lambda: watch.count() > 0 or snapshot_count(store) > 0, 30, 0.02)
+                restarted_at = [0]  # snapshots taken before the last restart
+
+                def restart() -> None:
+                    restarted_at[0] = snapshot_count(store)
+                    cluster.restart()
+
                 for n in range(1, kills + 1):
                     if n > 1:
+                        if processes > 1:
+                            # Kill a cluster that has formed: Bytewax has no timeout on the
+                            # connections between processes, so a process whose peer dies before
+                            # they connect waits for it to come back (Kubernetes restarts it; this
+                            # harness restarts all, and expects the survivors to exit). A loaded
+                            # host can take longer than `between_kills` to form the cluster; its
+                            # first snapshot after the restart says it has formed.
+                            wait_for(lambda: snapshot_count(store) > restarted_at[0], 30, 0.1)
                         time.sleep(rng.uniform(*between_kills))
                     if not cluster.running():
                         res.problems.append(f"cluster exited by itself before kill {n}: "
                                             f"{cluster.wait(0)}")
-                        cluster.restart()
+                        restart()
                         time.sleep(rng.uniform(*between_kills))
                     snaps = snapshot_count(store)
                     k = cluster.kill_worker(rng.randrange(processes))
@@ -749,7 +763,7 @@ def kill_scenario(  # noqa: PLR0913, PLR0915
                         res.problems.append(f"kill {n}: the other processes did not exit: {codes}")
                         cluster.stop()
                     t_started = time.time()
-                    cluster.restart()
+                    restart()
                     if graceful_after_kill == n:
                         time.sleep(rng.uniform(*between_kills))
                         before = watch.count()
@@ -767,7 +781,7 @@ def kill_scenario(  # noqa: PLR0913, PLR0915
                         if codes != [0] * processes or secs > 10:
                             res.problems.append(f"SIGTERM: exit codes {codes} after {secs:.1f} s")
                         t_restart = time.time()
-                        cluster.restart()
+                        restart()
                         time.sleep(rng.uniform(*between_kills))
                         # Records of movements already emitted before the stop, written after
                         # the restart, would mean the stop lost its final snapshot.
