@@ -1,4 +1,5 @@
-"""Two hashes in plain C, shared by the compiled twins (operators/_order.pyx, _sort.pyx).
+"""Two hashes in plain C and the shard pick on one, shared by the compiled twins
+(operators/_order.pyx, _sort.pyx).
 
 Each is the twin of a Python call per record: hashlib's BLAKE2b object costs ~0.3 us to make,
 and `zlib.crc32(key.encode())` is two calls and a bytes object. The C is written out here,
@@ -109,3 +110,24 @@ cdef extern from *:
     void atp_blake2b(const unsigned char* data, size_t n, unsigned char* out, int size)
     void atp_crc_init()
     unsigned int atp_crc32(const unsigned char* data, size_t n)
+
+cdef extern from "Python.h":
+    bint PyUnicode_IS_ASCII(object o)
+    const char* PyUnicode_AsUTF8AndSize(object s, Py_ssize_t* size) except NULL
+    char* PyBytes_AS_STRING(object o)
+    Py_ssize_t PyBytes_GET_SIZE(object o)
+
+
+cdef inline object atp_shard(str key, list names):
+    """`operators.steps.shard_of(key)`: `names[zlib.crc32(key.encode()) % len(names)]`."""
+    cdef Py_ssize_t n
+    cdef const char* p
+    cdef bytes utf8
+    if PyUnicode_IS_ASCII(key):
+        p = PyUnicode_AsUTF8AndSize(key, &n)  # the str's own buffer: ASCII is UTF-8
+    else:
+        # A temporary, as `key.encode()`: asking the str would cache a UTF-8 copy in it for
+        # as long as the key lives (in the order step's state).
+        utf8 = key.encode()
+        p, n = PyBytes_AS_STRING(utf8), PyBytes_GET_SIZE(utf8)
+    return names[atp_crc32(<const unsigned char*>p, n) % len(names)]

@@ -41,7 +41,7 @@ cdef extern from "Python.h":
 
 # BLAKE2b and CRC-32 in C (operators/_hashes.pxd); `id_hash` and `shard` below expose them so
 # that tests compare them with hashlib and zlib.
-from operators._hashes cimport atp_blake2b, atp_crc32, atp_crc_init
+from operators._hashes cimport atp_blake2b, atp_crc_init, atp_shard
 
 atp_crc_init()
 
@@ -105,11 +105,9 @@ def id_hash(str rid) -> bytes:
     return PyBytes_FromStringAndSize(<char*>out, ID_LEN)
 
 
-def shard(str key, list names):
+def shard(str key not None, list names not None):
     """`names[zlib.crc32(key.encode()) % len(names)]`: `operators.steps.shard_of` compiled."""
-    cdef Py_ssize_t n
-    cdef const char* p = PyUnicode_AsUTF8AndSize(key, &n)
-    return names[atp_crc32(<const unsigned char*>p, n) % len(names)]
+    return atp_shard(key, names)
 
 
 def group(list results, list names, object shard_of, object dead):
@@ -126,7 +124,7 @@ def group(list results, list names, object shard_of, object dead):
             dead.append(r)
             continue
         sku = (<tuple>r)[0]
-        where = shard(sku, names) if PyUnicode_CheckExact(sku) else shard_of(sku)
+        where = atp_shard(sku, names) if PyUnicode_CheckExact(sku) else shard_of(sku)
         g = PyDict_GetItem(groups, where)
         if g is NULL:
             groups[where] = [r]

@@ -20,12 +20,11 @@ from cpython.dict cimport PyDict_GetItem
 from cpython.object cimport PyObject, PyTypeObject
 from cpython.ref cimport Py_DECREF, Py_INCREF
 
-from operators._hashes cimport atp_blake2b, atp_crc32, atp_crc_init
+from operators._hashes cimport atp_blake2b, atp_crc_init, atp_shard
 from schemas._avro cimport construct, read_flat
 
 cdef extern from "Python.h":
     bint PyUnicode_CheckExact(object o)
-    bint PyUnicode_IS_ASCII(object o)
     const char* PyUnicode_AsUTF8AndSize(object s, Py_ssize_t* size) except NULL
     PyObject* PyType_GenericAlloc(PyTypeObject* cls, Py_ssize_t n) except NULL
     ctypedef struct PyMemberDescrObject:
@@ -194,7 +193,7 @@ cdef bint _sort_common(object raw, dict movements, str items_topic, list names,
         stream, code = f"erp|{<str>place}|{<str>item}", f"erp|{<str>item}"
     else:
         stream, code = f"wms|{<str>place}|{<str>item}", f"wms|{<str>item}"
-    _add(groups, _shard(code, names), _new_decoded(raw, rec, _digest(<bytes>value), stream, code))
+    _add(groups, atp_shard(code, names), _new_decoded(raw, rec, _digest(<bytes>value), stream, code))
     return True
 
 
@@ -213,19 +212,6 @@ def payload_digest(bytes value not None):
 
 def shard(str key not None, list names not None):
     """The compiled `operators.steps.shard_of` (for tests)."""
-    return _shard(key, names)
+    return atp_shard(key, names)
 
 
-cdef str _shard(str key, list names):
-    """`shard_of(key)`: `names[zlib.crc32(key.encode()) % len(names)]`."""
-    cdef Py_ssize_t n
-    cdef const char* p
-    cdef bytes utf8
-    if PyUnicode_IS_ASCII(key):
-        p = PyUnicode_AsUTF8AndSize(key, &n)  # the str's own buffer: ASCII is UTF-8
-    else:
-        # A temporary, as `key.encode()`: asking the str would cache a UTF-8 copy in it for
-        # as long as the key lives (in the order step's state).
-        utf8 = key.encode()
-        p, n = PyBytes_AS_STRING(utf8), PyBytes_GET_SIZE(utf8)
-    return names[atp_crc32(<const unsigned char*>p, n) % len(names)]
