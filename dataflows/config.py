@@ -190,7 +190,7 @@ class Config(BaseModel):
     max_clock_skew: Seconds = 3600.0
     recovery: Recovery = Field(default_factory=Recovery)
     #: Epoch length without recovery (with recovery, the snapshot interval): sinks that
-    #: push at checkpoints (marketplaces, the Redis view) flush this often.
+    #: push or confirm at checkpoints (Kafka outputs, marketplaces, the Redis view) flush this often.
     epoch_interval: WholeSeconds = 1.0
     redis: RedisConfig = Field(default_factory=RedisConfig)
     metrics_port: int = Field(default=3030, ge=0, le=65535)

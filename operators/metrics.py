@@ -30,9 +30,13 @@ Gauges are shared by every worker thread of a process: workers change them with 
 Dashboards and alerts `sum` across pods.
 """
 
+from functools import cache
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 __all__ = [
+    "child",
     "SOURCES",
     "RECORDS_IN",
     "RECORDS_APPLIED",
@@ -322,3 +326,12 @@ def exported_metric_names() -> set[str]:
             else:
                 names.add(family.name)
     return names
+
+
+@cache
+def child(metric: Any, *values: str) -> Any:
+    """`metric.labels(*values)`, looked up once: the hot steps count per batch, and `labels()`
+    takes a lock and builds its key on every call. Labels are bounded enumerations (above),
+    so the cache stays small."""
+    return metric.labels(*values)
+

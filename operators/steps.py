@@ -156,7 +156,7 @@ def dead_letter_records(step_id: str, up: Stream[list[DeadLetter]], topic: str) 
 
     def to_outputs(letters: list[DeadLetter]) -> list[Output]:
         for reason, n in Counter(dl.reason for dl in letters).items():
-            metrics.DEAD_LETTERS.labels(reason).inc(n)
+            metrics.child(metrics.DEAD_LETTERS, reason).inc(n)
         return [Output(topic, dl.key, "DeadLetter", dl.as_avro()) for dl in letters]
 
     return op.map("to_outputs", up, to_outputs)
@@ -181,7 +181,7 @@ def _values(step_id: str, up: Stream[tuple[str, Any]]) -> Stream[Any]:
 def _count_in(raws: list[RawRecord], counted: frozenset[str] | None) -> None:
     for topic, n in Counter(raw.topic for raw in raws).items():
         if counted is None or topic in counted:
-            metrics.RECORDS_IN.labels(topic).inc(n)
+            metrics.child(metrics.RECORDS_IN, topic).inc(n)
 
 
 @operator
@@ -307,7 +307,7 @@ class _RouterLogic(StatefulBatchLogic[ItemMaster, Any, ItemMaster]):
         out = []
         for item in values:
             out += self.router.on_item(item)
-        metrics.RECORDS_APPLIED.labels("items").inc(len(values))
+        metrics.child(metrics.RECORDS_APPLIED, "items").inc(len(values))
         return out, RETAIN
 
     @override
@@ -468,7 +468,7 @@ class _OrderShard(StatefulBatchLogic[list[Any], Any, OrderShardState]):
                 if out.ordered:
                     parked += self._normalise(out.ordered, now, results)
         for source, n in dup_sources.items():
-            metrics.DUPLICATES.labels(source).inc(n)
+            metrics.child(metrics.DUPLICATES, source).inc(n)
         return self._finish(out, results, buffered, gaps_open, parked), RETAIN
 
     def _finish(self, out: Outcome, results: list[Any], buffered: int, gaps_open: int,
@@ -650,9 +650,9 @@ class ProjectShard(StatefulBatchLogic[list[Movement], Any, dict[str, SkuState]])
             for m in movements:
                 self.one(m, now_ms, out, late, applied, duplicates)
         for source, n in applied.items():
-            metrics.RECORDS_APPLIED.labels(source).inc(n)
+            metrics.child(metrics.RECORDS_APPLIED, source).inc(n)
         for source, n in duplicates.items():
-            metrics.DUPLICATES.labels(source).inc(n)
+            metrics.child(metrics.DUPLICATES, source).inc(n)
         chunks: list[Any] = []
         if out:
             chunks.append(out)

@@ -140,7 +140,7 @@ def test_written_metrics_count_every_record_and_keep_the_newest_event_time_per_s
             Output("t-metrics", "k", "s", {"source": "src-b"}, None, 7, None),
             Output("t-metrics", "k", "s", {}, None, None, None)]
     before = metrics.RECORDS_OUT.labels("t-metrics")._value.get()
-    _observe_stats(_written_stats(outs))
+    _observe_stats(_written_stats(outs), time.time() * 1000)
     assert metrics.RECORDS_OUT.labels("t-metrics")._value.get() - before == 4
     assert _newest_event_ms["src-a"] == 9
     assert _newest_event_ms["src-b"] == 7  # named only in its value
@@ -158,7 +158,7 @@ def test_written_metrics_keep_the_newest_event_time_of_each_source_in_a_mixed_ba
     outs = [Output("t-mixed", "k", "s", {}, now_ms, et, source)
             for pair in zip(times["src-c"][::-1], times["src-d"], strict=True)
             for source, et in zip(("src-c", "src-d"), pair, strict=True)]
-    _observe_stats(_written_stats(outs))
+    _observe_stats(_written_stats(outs), time.time() * 1000)
     assert _newest_event_ms["src-c"] == max(times["src-c"])
     assert _newest_event_ms["src-d"] == max(times["src-d"])
 

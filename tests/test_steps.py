@@ -264,3 +264,16 @@ def test_order_shard_live_timers_skip_gaps_and_expire_parked_streams(compiled: b
     assert shard.notify_at() is None
     assert (gauge(metrics.REORDER_BUFFERED), gauge(metrics.OPEN_GAPS),
             gauge(metrics.PARKED_RECORDS)) == start
+
+
+def test_metric_children_are_looked_up_once_and_count_in_the_registry() -> None:
+    from prometheus_client import REGISTRY
+
+    from operators import metrics
+
+    child = metrics.child(metrics.RECORDS_IN, "t-child")
+    assert child is metrics.child(metrics.RECORDS_IN, "t-child")
+    assert child is metrics.RECORDS_IN.labels("t-child")
+    before = REGISTRY.get_sample_value("atpflow_records_in_total", {"topic": "t-child"})
+    child.inc(3)
+    assert REGISTRY.get_sample_value("atpflow_records_in_total", {"topic": "t-child"}) == before + 3
