@@ -545,9 +545,26 @@ class KafkaRawSource(FixedPartitionedSource[RawRecord, int | None]):
         self, step_id: str, for_part: str, resume_state: int | None
     ) -> _RawPartition:
         idx, topic = for_part.split("-", 1)
-        return _RawPartition(
-            self._inner.build_part(step_id, for_part, resume_state), topic, int(idx)
-        )
+        inner = self._inner.build_part(step_id, for_part, resume_state)
+        _fetch_at_once(inner, topic, int(idx), self._metadata_timeout)
+        return _RawPartition(inner, topic, int(idx))
+
+
+def _fetch_at_once(inner: Any, topic: str, partition: int, timeout: float) -> None:
+    """Make the stock partition's consumer start fetching now rather than in 500 ms.
+
+    The stock partition assigns its partition right after creating the consumer, before
+    librdkafka knows the partition's leader; asked for a logical offset (the beginning, on a
+    first start), librdkafka then retries the offset query on a fixed 500 ms timer, even
+    once the leader is known. With the metadata fetched first, the same assignment again
+    queries at once: the first records arrived after 0.06 s instead of 0.5 s here.
+    """
+    consumer = getattr(inner, "_consumer", None)
+    offset = getattr(inner, "_offset", None)
+    if not isinstance(consumer, Consumer) or not isinstance(offset, int):
+        return  # not the stock partition of bytewax 0.21.1: leave it as it is
+    consumer.list_topics(topic, timeout=timeout)
+    consumer.assign([TopicPartition(topic, partition, offset)])
 
 
 # -- checked producer --------------------------------------------------------
