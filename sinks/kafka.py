@@ -404,9 +404,14 @@ class _RawPartition(StatefulSourcePartition[RawRecord, int | None]):
     """
 
     def __init__(
-        self, inner: StatefulSourcePartition[Any, int | None], topic: str, partition: int
+        self, inner: StatefulSourcePartition[Any, int | None], topic: str, partition: int,
+        metadata_timeout: float = 10.0,
     ) -> None:
         self._inner = inner
+        self._metadata_timeout = metadata_timeout
+        #: `_fetch_at_once` still to do: at the first batch, once Bytewax has built every
+        #: partition and their consumers have connected side by side
+        self._cold = True
         # The stock partition's consumer (Bytewax 0.21.1 keeps it as `_consumer`); if a
         # later version renames it, the lag gauge stays unset rather than break reading.
         self._consumer: Consumer | None = getattr(inner, "_consumer", None)
@@ -418,6 +423,9 @@ class _RawPartition(StatefulSourcePartition[RawRecord, int | None]):
         self._direct = isinstance(inner, _KafkaSourcePartition) and self._consumer is not None
 
     def next_batch(self) -> list[RawRecord]:
+        if self._cold:
+            self._cold = False
+            _fetch_at_once(self._inner, self._tp.topic, self._tp.partition, self._metadata_timeout)
         batch = self._read() if self._direct else [to_raw(m) for m in self._inner.next_batch()]
         now = time.monotonic()
         if now >= self._lag_due:
@@ -545,9 +553,8 @@ class KafkaRawSource(FixedPartitionedSource[RawRecord, int | None]):
         self, step_id: str, for_part: str, resume_state: int | None
     ) -> _RawPartition:
         idx, topic = for_part.split("-", 1)
-        inner = self._inner.build_part(step_id, for_part, resume_state)
-        _fetch_at_once(inner, topic, int(idx), self._metadata_timeout)
-        return _RawPartition(inner, topic, int(idx))
+        return _RawPartition(self._inner.build_part(step_id, for_part, resume_state), topic,
+                             int(idx), self._metadata_timeout)
 
 
 def _fetch_at_once(inner: Any, topic: str, partition: int, timeout: float) -> None:
