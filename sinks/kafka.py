@@ -912,15 +912,19 @@ class _OutputPartition(StatefulSinkPartition[list[Output], None]):
         # to the recovery store: the epoch counts as written only once the cluster has every
         # record of it. A failure raises here, the dataflow stops before the commit, and
         # recovery re-sends from the last committed epoch; consumers ignore repeats by version.
+        # Nothing to resume from: outputs after the last snapshot are re-sent.
+        self._confirm()
+
+    def close(self) -> None:
+        self._confirm()
+
+    def _confirm(self) -> None:
+        """Wait for every queued record (`DeliveryError` if one failed), then count them."""
         self._producer.flush()
         # Counted once acknowledged; latencies up to the hand-off, not the checkpoint.
         for handed_ms, stats in self._unconfirmed:
             _observe_stats(stats, handed_ms)
         self._unconfirmed.clear()
-        # Nothing to resume from: outputs after the last snapshot are re-sent.
-
-    def close(self) -> None:
-        self._producer.close()
 
 
 class KafkaOutputSink(FixedPartitionedSink[list[Output], None]):

@@ -29,6 +29,7 @@ from sinks import kafka as kafka_module
 from sinks.kafka import (
     BrokerUnavailable,
     CheckedProducer,
+    DeliveryError,
     KafkaOutputSink,
     KafkaRawSource,
     consumer_settings,
@@ -378,6 +379,42 @@ def test_sink_keeps_order_per_key_and_partitions_by_murmur2(broker_config: Confi
     assert seen == {key: list(range(40)) for key in keys}
 
 
+def test_sink_queues_each_batch_and_confirms_and_counts_them_at_the_checkpoint(
+        broker: LocalBroker, broker_config: Config) -> None:
+    from operators import metrics
+
+    topic = make_topic(broker_config, "sink.checkpoint", 1)
+    sink = KafkaOutputSink(broker_config.kafka, parts=1)
+    sink.list_parts()
+    part = sink.build_part("out", "kafka-out-0000", None)
+    counted = metrics.RECORDS_OUT.labels(topic)._value.get
+
+    def written() -> list[int]:
+        return [r.offset for r in iter_records(broker_config.kafka, [topic])]
+
+    before = counted()
+    part.write_batch([[Output(topic, "k", "DeadLetter", letter(n)) for n in range(3)]])
+    assert counted() == before  # queued, not acknowledged yet
+    part.snapshot()  # the checkpoint: the cluster has them, then they count
+    assert counted() == before + 3 and written() == [0, 1, 2]
+
+    # A delivery that fails is not counted: the checkpoint raises before the epoch commits.
+    failing = KafkaOutputSink(broker_config.kafka, parts=1,
+                              add_config={"message.timeout.ms": 1000}).build_part("out", "p", None)
+    failing.write_batch([[Output(topic, "k", "DeadLetter", letter(8))]])  # knows the topic
+    failing.snapshot()
+    before += 1
+    broker.freeze()
+    try:
+        failing.write_batch([[Output(topic, "k", "DeadLetter", letter(9))]])
+        with pytest.raises(DeliveryError, match="Kafka delivery failed"):
+            failing.snapshot()
+    finally:
+        broker.thaw()
+    assert counted() == before + 3
+    part.close()
+
+
 def test_sink_failed_delivery_stops_the_dataflow(broker: LocalBroker,
                                                  broker_config: Config) -> None:
     topic = make_topic(broker_config, "sink.fail", 1)
@@ -385,6 +422,12 @@ def test_sink_failed_delivery_stops_the_dataflow(broker: LocalBroker,
 
     def freeze_on_second(out: Output) -> Output:
         if out.value["detail"] == "2":
+            # The sink sends in the background and confirms at checkpoints: let the first
+            # record arrive before the cluster stops answering.
+            deadline = time.monotonic() + 5
+            while not list(iter_records(broker_config.kafka, [topic])):
+                assert time.monotonic() < deadline, "the first record never arrived"
+                time.sleep(0.05)
             broker.freeze()
         return out
 
@@ -406,7 +449,8 @@ def test_sink_failed_delivery_stops_the_dataflow(broker: LocalBroker,
         chain.append(str(exc))
         exc = exc.__cause__ or exc.__context__
     assert any("Kafka delivery failed" in m for m in chain), chain
-    # The first record made it; the second was never silently dropped as "done".
+    # The second was never counted as written: its checkpoint raised. (The frozen broker may
+    # still take it once thawed; a repeat is what at-least-once allows, a loss is not.)
     assert [r.offset for r in iter_records(broker_config.kafka, [topic])][:1] == [0]
 
 
