@@ -85,7 +85,7 @@ class _JsonlPartition(StatelessSinkPartition[Any]):
             counts[item.topic] += 1
         self.counts.update(counts)
         for topic, n in counts.items():
-            metrics.RECORDS_OUT.labels(topic).inc(n)
+            metrics.child(metrics.RECORDS_OUT, topic).inc(n)
 
     def close(self) -> None:
         for fh in self.files.values():

@@ -66,11 +66,11 @@ def decode_inputs(
 
 def _count(res: Result) -> None:
     for source, n in res.duplicates.items():
-        metrics.DUPLICATES.labels(source).inc(n)
+        metrics.child(metrics.DUPLICATES, source).inc(n)
     for source, n in res.applied.items():
-        metrics.RECORDS_APPLIED.labels(source).inc(n)
+        metrics.child(metrics.RECORDS_APPLIED, source).inc(n)
     if res.gaps:
-        metrics.GAP_SKIPS.labels("fulfillment").inc(res.gaps)
+        metrics.child(metrics.GAP_SKIPS, "fulfillment").inc(res.gaps)
 
 
 # -- dispatch ----------------------------------------------------------------------------------

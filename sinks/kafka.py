@@ -755,14 +755,6 @@ class CheckedProducer:
 # -- sink ----------------------------------------------------------------------
 
 
-# Label children looked up once per topic (output topics are a fixed, small set), each
-# when first used: no empty latency series for the dead-letter topic, whose records carry
-# no timestamps.
-_records_out = lru_cache(maxsize=None)(metrics.RECORDS_OUT.labels)
-_input_latency = lru_cache(maxsize=None)(metrics.INPUT_TO_OUTPUT_LATENCY.labels)
-_event_time_latency = lru_cache(maxsize=None)(metrics.EVENT_TIME_TO_OUTPUT_LATENCY.labels)
-
-
 def _observe_many(histogram: Any, now_ms: float, stamps: list[int]) -> None:
     """`observe((now_ms - ts) / 1000)` for every stamp, in bulk.
 
@@ -874,11 +866,14 @@ def _observe_stats(stats: Stats, now_ms: float) -> None:
     observation per metric."""
     newest: dict[str, int] = {}
     for topic, (n, stamps, times, latest) in stats.items():
-        _records_out(topic).inc(n)
+        # Children made when first used: no empty latency series for the dead-letter topic,
+        # whose records carry no timestamps.
+        metrics.child(metrics.RECORDS_OUT, topic).inc(n)
         if stamps:
-            _observe_many(_input_latency(topic), now_ms, stamps)
+            _observe_many(metrics.child(metrics.INPUT_TO_OUTPUT_LATENCY, topic), now_ms, stamps)
         if times:
-            _observe_many(_event_time_latency(topic), now_ms, times)
+            _observe_many(metrics.child(metrics.EVENT_TIME_TO_OUTPUT_LATENCY, topic), now_ms,
+                          times)
         for source, et in latest.items():
             if et > newest.get(source, -1):
                 newest[source] = et
